@@ -1,0 +1,118 @@
+"""Inference bundles (model.safetensors + tokenizer.json + config.json) and loading a model from a run.
+
+A bundle is what leaves training: it holds no optimizer state, loads without pickle, and
+carries a manifest of sha256 checksums that is verified on every load.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
+
+from shoal import __version__
+from shoal.config import ModelConfig, config_from_dict
+from shoal.data.tokenizer import load_tokenizer
+from shoal.errors import CheckpointError, ShoalError
+from shoal.io import atomic_write_json, describe_files, ensure_writable_dir, find_file_problem
+from shoal.models.transformer import Transformer
+from shoal.train.checkpoint import CheckpointManager
+
+BUNDLE_FORMAT = "shoal.bundle/1"
+BUNDLE_FILES = ["model.safetensors", "tokenizer.json", "config.json"]
+
+
+@dataclass
+class LoadedModel:
+    model: Transformer
+    tokenizer: Tokenizer
+    info: dict[str, Any]  # where it came from: run, checkpoint step, dataset fingerprint
+
+
+def _model_from_state(model_cfg: ModelConfig, state: dict[str, torch.Tensor]) -> Transformer:
+    model = Transformer(model_cfg)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # A tied lm head is stored once (safetensors refuses shared tensors); anything else missing is an error.
+    missing = [k for k in missing if not (model_cfg.tie_embeddings and k == "output.weight")]
+    if missing or unexpected:
+        raise CheckpointError(f"weights do not match the model config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model.eval()
+
+
+def load_run(run_dir: str | Path) -> LoadedModel:
+    """The newest valid checkpoint of a training run, with the run's tokenizer."""
+    run_dir = Path(run_dir)
+    checkpoints = CheckpointManager(run_dir / "checkpoints")
+    path = checkpoints.latest_valid()
+    if path is None:
+        raise CheckpointError(f"run {run_dir} has no checkpoint yet; train it first (shoal train)")
+    state = checkpoints.load(path)
+    cfg = config_from_dict(state["config"])
+    model = _model_from_state(cfg.model, state["model"])
+    tokenizer = load_tokenizer(run_dir / "tokenizer.json")
+    return LoadedModel(model, tokenizer, {"source": str(run_dir), "checkpoint": str(path), "step": state["step"],
+                                          "dataset_fingerprint": state["dataset_fingerprint"], "config": cfg.to_dict()})
+
+
+def load_bundle(path: str | Path) -> LoadedModel:
+    path = Path(path)
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+    except (OSError, ValueError):
+        raise CheckpointError(f"{path} is not a shoal bundle (no readable manifest.json)") from None
+    if manifest.get("format") != BUNDLE_FORMAT:
+        raise CheckpointError(f"{path} has bundle format {manifest.get('format')!r}, expected {BUNDLE_FORMAT!r}")
+    problem = find_file_problem(path, manifest["files"])
+    if problem:
+        raise CheckpointError(f"bundle {path} is corrupt: {problem}")
+    config = json.loads((path / "config.json").read_text())
+    model_cfg = ModelConfig(**config["model"])
+    model = _model_from_state(model_cfg, load_file(path / "model.safetensors"))
+    return LoadedModel(model, load_tokenizer(path / "tokenizer.json"), {"source": str(path), **config["provenance"]})
+
+
+def load_model(path: str | Path) -> LoadedModel:
+    """A run folder or an exported bundle."""
+    path = Path(path)
+    if (path / "manifest.json").is_file():
+        return load_bundle(path)
+    if (path / "checkpoints").is_dir():
+        return load_run(path)
+    raise ShoalError(f"{path} is neither a run folder (with checkpoints/) nor a bundle (with manifest.json)")
+
+
+def export_bundle(run_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write the run's newest valid checkpoint as a bundle into `out_dir` (built aside, then renamed in)."""
+    loaded = load_run(run_dir)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ShoalError(f"export folder {out_dir} is not empty; choose a new folder")
+    ensure_writable_dir(out_dir.parent if out_dir.parent != Path("") else Path("."))
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-export")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        model_cfg = loaded.model.config
+        state = {k: v.contiguous() for k, v in loaded.model.state_dict().items()
+                 if not (model_cfg.tie_embeddings and k == "output.weight")}
+        save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
+        loaded.tokenizer.save(str(tmp / "tokenizer.json"))
+        provenance = {k: loaded.info[k] for k in ("checkpoint", "step", "dataset_fingerprint")}
+        provenance.update(run=str(run_dir), exported=time.strftime("%Y-%m-%dT%H:%M:%S%z"), shoal_version=__version__)
+        atomic_write_json(tmp / "config.json", {"model": asdict(model_cfg), "provenance": provenance,
+                                                "training": loaded.info["config"]})
+        atomic_write_json(tmp / "manifest.json", {"format": BUNDLE_FORMAT, "files": describe_files(tmp, BUNDLE_FILES)})
+        if out_dir.exists():
+            out_dir.rmdir()
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir

@@ -1,0 +1,123 @@
+"""The `shoal` command: parses arguments and calls the modules, nothing more."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from shoal.errors import ShoalError
+
+app = typer.Typer(help="Train, evaluate and serve language models, from a laptop CPU to many GPUs.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+data_app = typer.Typer(help="Prepare and inspect training data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+ConfigOption = Annotated[str, typer.Option("--config", "-c", help="Preset name (tiny, gpt2-124m, ...) or a TOML file.")]
+SetOption = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a key: --set train.lr=3e-4 (repeatable).")]
+
+
+def _load(config: str, overrides: list[str] | None):
+    from shoal.config import load_config
+
+    return load_config(config, overrides or [])
+
+
+@app.command()
+def train(config: ConfigOption = "tiny", overrides: SetOption = None,
+          resume: Annotated[str, typer.Option(help="auto (newest valid checkpoint), none, or a checkpoint folder.")] = "auto",
+          run_name: Annotated[str | None, typer.Option(help="Run folder name under train.out_dir.")] = None) -> None:
+    """Train a model; Ctrl-C or SIGTERM saves a checkpoint before stopping."""
+    from rich.console import Console
+
+    from shoal.train.run import run_training
+
+    cfg = _load(config, (overrides or []) + ([f"train.run_name={json.dumps(run_name)}"] if run_name else []))
+    console = Console(stderr=True)
+    summary = run_training(cfg, resume=resume, console=console)
+    if summary["status"] == "interrupted":
+        console.print(f"interrupted at step {summary['step']}; checkpoint saved in {summary['checkpoint']}; "
+                      "run the same command to resume")
+        raise typer.Exit(128 + summary["signal"])
+    val = summary["val_loss"]
+    console.print(f"done: step {summary['step']}, validation loss {val:.4f} nats/token (unigram entropy "
+                  f"{summary['unigram_entropy_nats']:.4f}); outputs in {summary['run_dir']}" if val is not None
+                  else f"done: step {summary['step']}; outputs in {summary['run_dir']}")
+
+
+@data_app.command("prepare")
+def data_prepare(config: ConfigOption = "tiny", overrides: SetOption = None) -> None:
+    """Tokenize the configured sources into shards (cached: unchanged inputs do no work)."""
+    from shoal.data.prepare import prepare_dataset
+
+    cfg = _load(config, overrides)
+    prepared = prepare_dataset(cfg.data, progress=cfg.logging.progress)
+    m = prepared.manifest
+    typer.echo(f"dataset {prepared.fingerprint[:16]}: {m['documents']['train']:,} + {m['documents']['val']:,} documents, "
+               f"{m['tokens']['train']:,} train + {m['tokens']['val']:,} validation tokens, vocab {m['vocab_size']}; "
+               f"in {prepared.folder}")
+
+
+@app.command()
+def generate(model: Annotated[Path, typer.Argument(help="Run folder or exported bundle.")],
+             prompt: Annotated[str, typer.Argument(help="Text to continue.")],
+             max_tokens: int = 200, temperature: float = 0.8,
+             top_k: Annotated[int, typer.Option(help="Keep the k most likely tokens (0: all).")] = 50,
+             top_p: Annotated[float, typer.Option(help="Nucleus sampling mass (1.0: off).")] = 0.95,
+             seed: int | None = None,
+             cache: Annotated[bool, typer.Option(help="Use the KV cache (--no-cache recomputes every step).")] = True) -> None:
+    """Continue PROMPT with a trained model, streaming tokens to the terminal."""
+    from shoal.bundle import load_model
+    from shoal.serve.generate import generate as generate_tokens
+
+    loaded = load_model(model)
+    tokenizer = loaded.tokenizer
+    prompt_ids = tokenizer.encode(prompt).ids
+    eot = tokenizer.token_to_id("<|endoftext|>")
+    sys.stdout.write(prompt)
+    new_ids: list[int] = []
+    shown = ""
+    for token in generate_tokens(loaded.model, prompt_ids, max_tokens, temperature=temperature, top_k=top_k,
+                                 top_p=top_p, seed=seed, use_cache=cache, stop_token=eot):
+        new_ids.append(token)
+        # Decode the whole continuation each time: a character can span several byte-level tokens.
+        text = tokenizer.decode(prompt_ids + new_ids)[len(tokenizer.decode(prompt_ids)):]
+        if not text.endswith("\ufffd"):
+            sys.stdout.write(text[len(shown):])
+            sys.stdout.flush()
+            shown = text
+    sys.stdout.write("\n")
+
+
+@app.command("export")
+def export(run: Annotated[Path, typer.Argument(help="Run folder.")],
+           out: Annotated[Path | None, typer.Option(help="Bundle folder (default: RUN/bundle).")] = None) -> None:
+    """Write the inference bundle: model.safetensors, tokenizer.json, config.json (+ checksums)."""
+    from shoal.bundle import export_bundle
+
+    path = export_bundle(run, out or run / "bundle")
+    typer.echo(f"bundle written to {path}")
+
+
+@app.command("config")
+def show_config(config: ConfigOption = "tiny", overrides: SetOption = None) -> None:
+    """Print the resolved config as JSON (after presets and overrides)."""
+    typer.echo(json.dumps(_load(config, overrides).to_dict(), indent=2))
+
+
+def main() -> None:
+    try:
+        app()
+    except ShoalError as e:
+        typer.secho(f"error: {e}", err=True, fg="red")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.secho("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

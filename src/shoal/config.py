@@ -1,0 +1,258 @@
+"""Typed configs: TOML presets, `--set a.b=c` overrides and validation with one-line errors."""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from shoal.errors import ConfigError
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
+def _presets_dir() -> Path:
+    """Presets ship inside the wheel; in a source checkout they live in the repo's configs/."""
+    packaged = Path(__file__).resolve().parent / "configs"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "configs"
+
+
+PRESETS_DIR = _presets_dir()
+DEFAULT_PRESET = "tiny"
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 0  # 0: taken from the tokenizer (rounded up to a multiple of 64)
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 0  # 0: same as n_heads (multi-head attention); fewer: grouped-query
+    d_ff: int = 0  # 0: SwiGLU default, 8/3 * d_model rounded up to a multiple of 64
+    max_seq_len: int = 256
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    init_std: float = 0.02
+
+
+@dataclass
+class DataConfig:
+    sources: list[str] = field(default_factory=lambda: ["stdlib"])  # "stdlib": this Python's
+    glob: str = "**/*"  # files picked inside folder sources
+    vocab_size: int = 8192
+    val_fraction: float = 0.02
+    prepared_dir: str = "prepared"
+    shard_tokens: int = 100_000_000
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 1337
+    steps: int = 1000
+    seq_len: int = 256
+    batch_tokens: int = 16384  # global batch, in tokens, per optimizer step
+    micro_batch_size: int = 16  # sequences per forward pass and process
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    schedule: str = "cosine"  # cosine | wsd | constant
+    warmup_steps: int = 50
+    decay_fraction: float = 0.2  # wsd: share of steps spent decaying at the end
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    dtype: str = "auto"  # auto | bf16 | fp32
+    device: str = "auto"  # auto | cpu | cuda
+    compile: bool = False
+    eval_every: int = 100
+    eval_batches: int = 8
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 3
+    max_bad_steps: int = 5  # consecutive non-finite losses before training stops
+    out_dir: str = "runs"
+    run_name: str = ""  # empty: the preset's name
+
+
+@dataclass
+class ParallelConfig:
+    dp_replicate: int = 1
+    dp_shard: int = 1
+    tp: int = 1
+
+
+@dataclass
+class LoggingConfig:
+    log_every: int = 10
+    progress: bool = True
+    plot: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    preset: str = DEFAULT_PRESET
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.train.out_dir) / (self.train.run_name or self.preset)
+
+
+SECTIONS = tuple(f.name for f in fields(Config) if f.name != "preset")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check `value` against the field type `tp`; ints are accepted where floats are."""
+    origin = typing.get_origin(tp)
+    if origin in (list,):
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' must be a list of {_type_name(item_tp)}, got {value!r}")
+        return [_coerce(key, v, item_tp) for v in value]
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"config key '{key}' has an unsupported type")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
+
+
+def _apply(cfg: Config, key: str, value: Any) -> None:
+    parts = key.split(".")
+    if len(parts) != 2 or parts[0] not in SECTIONS:
+        raise ConfigError(f"unknown config key '{key}' (sections: {', '.join(SECTIONS)})")
+    section, name = parts
+    obj = getattr(cfg, section)
+    types_by_name = typing.get_type_hints(type(obj))
+    if name not in types_by_name:
+        allowed = ", ".join(types_by_name)
+        raise ConfigError(f"unknown config key '{key}' (allowed in [{section}]: {allowed})")
+    setattr(obj, name, _coerce(key, value, types_by_name[name]))
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    """`train.lr=3e-4` -> ("train.lr", 0.0003); values are TOML, bare words are strings."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value")
+    key, raw = (s.strip() for s in text.split("=", 1))
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def preset_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return path
+    candidate = PRESETS_DIR / f"{name_or_path}.toml"
+    if not candidate.is_file():
+        names = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.toml")))
+        raise ConfigError(f"unknown preset '{name_or_path}' (presets: {names}; or pass a .toml path)")
+    return candidate
+
+
+def load_config(preset: str = DEFAULT_PRESET, overrides: list[str] | None = None) -> Config:
+    """Load a preset name or TOML path, apply `section.key=value` overrides, validate."""
+    path = preset_path(preset)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from None
+    cfg = Config(preset=path.stem)
+    for section, table in data.items():
+        if section not in SECTIONS or not isinstance(table, dict):
+            raise ConfigError(f"unknown config section '[{section}]' in {path} (sections: {', '.join(SECTIONS)})")
+        for name, value in table.items():
+            _apply(cfg, f"{section}.{name}", value)
+    for text in overrides or []:
+        _apply(cfg, *_parse_override(text))
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a Config saved with `to_dict` (checkpoints, bundles)."""
+    cfg = Config(preset=data.get("preset", DEFAULT_PRESET))
+    for section in SECTIONS:
+        for name, value in data.get(section, {}).items():
+            _apply(cfg, f"{section}.{name}", value)
+    validate(cfg)
+    return cfg
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(cfg: Config) -> None:
+    m, d, t, p = cfg.model, cfg.data, cfg.train, cfg.parallel
+    for key, value in [("model.d_model", m.d_model), ("model.n_layers", m.n_layers),
+                       ("model.n_heads", m.n_heads), ("model.max_seq_len", m.max_seq_len),
+                       ("train.steps", t.steps), ("train.seq_len", t.seq_len),
+                       ("train.batch_tokens", t.batch_tokens), ("train.micro_batch_size", t.micro_batch_size),
+                       ("train.eval_every", t.eval_every), ("train.checkpoint_every", t.checkpoint_every),
+                       ("train.keep_checkpoints", t.keep_checkpoints), ("train.max_bad_steps", t.max_bad_steps),
+                       ("data.vocab_size", d.vocab_size), ("data.shard_tokens", d.shard_tokens),
+                       ("parallel.dp_replicate", p.dp_replicate), ("parallel.dp_shard", p.dp_shard),
+                       ("parallel.tp", p.tp), ("logging.log_every", cfg.logging.log_every)]:
+        _require(value > 0, f"config key '{key}' must be a positive integer, got {value}")
+    _require(m.d_model % m.n_heads == 0,
+             f"config key 'model.n_heads' ({m.n_heads}) must divide model.d_model ({m.d_model})")
+    _require((m.d_model // m.n_heads) % 2 == 0,
+             f"config key 'model.n_heads' gives head size {m.d_model // m.n_heads}; rotary embeddings need an even head size")
+    kv_heads = m.n_kv_heads or m.n_heads
+    _require(0 < kv_heads <= m.n_heads and m.n_heads % kv_heads == 0,
+             f"config key 'model.n_kv_heads' ({m.n_kv_heads}) must divide model.n_heads ({m.n_heads})")
+    _require(m.vocab_size >= 0 and m.d_ff >= 0, "config keys 'model.vocab_size' and 'model.d_ff' must be >= 0 (0: automatic)")
+    _require(d.vocab_size >= 257, f"config key 'data.vocab_size' must be >= 257 (256 bytes + end of text), got {d.vocab_size}")
+    _require(0.0 < d.val_fraction < 0.5, f"config key 'data.val_fraction' must be in (0, 0.5), got {d.val_fraction}")
+    _require(len(d.sources) > 0, "config key 'data.sources' must name at least one source (or \"stdlib\")")
+    _require(t.seq_len <= m.max_seq_len,
+             f"config key 'train.seq_len' ({t.seq_len}) must be <= model.max_seq_len ({m.max_seq_len})")
+    micro_tokens = t.seq_len * t.micro_batch_size
+    _require(t.batch_tokens % micro_tokens == 0,
+             f"config key 'train.batch_tokens' ({t.batch_tokens}) must be a multiple of train.seq_len * "
+             f"train.micro_batch_size ({micro_tokens})")
+    _require(t.lr > 0 and 0 <= t.min_lr_ratio <= 1, "config keys 'train.lr' > 0 and 'train.min_lr_ratio' in [0, 1] are required")
+    _require(t.schedule in ("cosine", "wsd", "constant"),
+             f"config key 'train.schedule' must be cosine, wsd or constant, got '{t.schedule}'")
+    _require(0 <= t.warmup_steps < t.steps,
+             f"config key 'train.warmup_steps' ({t.warmup_steps}) must be >= 0 and below train.steps ({t.steps})")
+    _require(0 < t.decay_fraction <= 1, f"config key 'train.decay_fraction' must be in (0, 1], got {t.decay_fraction}")
+    _require(0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, "config keys 'train.beta1' and 'train.beta2' must be in [0, 1)")
+    _require(t.weight_decay >= 0 and t.grad_clip >= 0, "config keys 'train.weight_decay' and 'train.grad_clip' must be >= 0")
+    _require(t.dtype in ("auto", "bf16", "fp32"), f"config key 'train.dtype' must be auto, bf16 or fp32, got '{t.dtype}'")
+    _require(t.device in ("auto", "cpu", "cuda"), f"config key 'train.device' must be auto, cpu or cuda, got '{t.device}'")
+    _require(t.eval_batches >= 0, f"config key 'train.eval_batches' must be >= 0, got {t.eval_batches}")

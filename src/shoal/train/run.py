@@ -1,0 +1,113 @@
+"""`shoal train`: prepare data, set up the run folder, resume, train with a live view, plot."""
+
+from __future__ import annotations
+
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from shoal.config import Config
+from shoal.data.prepare import prepare_dataset
+from shoal.errors import CheckpointError
+from shoal.io import atomic_write_json, ensure_writable_dir
+from shoal.train.checkpoint import CheckpointManager
+from shoal.train.metrics import MetricsLog, plot_loss, read_metrics
+from shoal.train.trainer import Trainer, summarize_throughput
+
+
+def resume_path(resume: str, checkpoints: CheckpointManager) -> Path | None:
+    """"auto": newest valid checkpoint (or none yet); "none": a fresh run; else a checkpoint folder."""
+    if resume == "auto":
+        return checkpoints.latest_valid()
+    if resume == "none":
+        if checkpoints.step_dirs():
+            raise CheckpointError(f"{checkpoints.folder} already holds checkpoints; continue with --resume auto "
+                                  "or start elsewhere with --run-name NAME")
+        return None
+    return Path(resume)
+
+
+@contextmanager
+def live_view(console: Console, total_steps: int, start_step: int, log_every: int, enabled: bool):
+    """A rich progress bar on a terminal; a plain line every `log_every` steps elsewhere (CI logs)."""
+    if enabled and console.is_terminal:
+        columns = [TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("loss {task.fields[loss]} | {task.fields[tps]} tok/s | MFU {task.fields[mfu]}"),
+                   TimeRemainingColumn()]
+        with Progress(*columns, console=console) as bar:
+            task = bar.add_task("train", total=total_steps, completed=start_step, loss="-", tps="-", mfu="-")
+
+            def update(r: dict[str, Any]) -> None:
+                loss = "nan (skipped)" if r["loss"] is None else f"{r['loss']:.3f}"
+                bar.update(task, completed=r["step"], loss=loss, tps=f"{r['tokens_per_second']:,.0f}",
+                           mfu=f"{r['mfu']:.1%}")
+            yield update
+    else:
+        def update(r: dict[str, Any]) -> None:
+            if r["step"] % log_every == 0 or r["step"] == total_steps:
+                loss = "nan (skipped)" if r["loss"] is None else f"{r['loss']:.4f}"
+                console.print(f"step {r['step']}/{total_steps}  loss {loss}  {r['tokens_per_second']:,.0f} tok/s  "
+                              f"MFU {r['mfu']:.1%}")
+        yield update
+
+
+def run_training(cfg: Config, resume: str = "auto", console: Console | None = None) -> dict[str, Any]:
+    """Train `cfg` in its run folder; returns the summary that is also written to summary.json."""
+    console = console or Console(stderr=True)
+    run_dir = ensure_writable_dir(cfg.run_dir)
+    checkpoints = CheckpointManager(run_dir / "checkpoints", cfg.train.keep_checkpoints, warn=console.print)
+    start_from = resume_path(resume, checkpoints)  # before any work, so a refusal changes nothing
+
+    data = prepare_dataset(cfg.data, progress=cfg.logging.progress)
+    seq_len = cfg.train.seq_len
+    trainer = Trainer(cfg, data.windows("train", seq_len), data.windows("val", seq_len),
+                      data.manifest["vocab_size"], data.fingerprint)
+    if start_from is not None:
+        trainer.load_state_dict(checkpoints.load(start_from))
+        console.print(f"resumed from {start_from} (step {trainer.step})")
+
+    atomic_write_json(run_dir / "config.json", trainer.cfg.to_dict())
+    shutil.copyfile(data.tokenizer_path, run_dir / "tokenizer.json")
+    unigram = data.manifest["unigram_entropy_nats"]
+    atomic_write_json(run_dir / "run.json", {**trainer.describe(), "dataset": {
+        "folder": str(data.folder), "fingerprint": data.fingerprint, "tokens": data.manifest["tokens"],
+        "unigram_entropy_nats": unigram}})
+    d = trainer.describe()
+    console.print(f"model: {d['parameters'] / 1e6:.2f}M parameters, {cfg.train.steps} steps of "
+                  f"{cfg.train.batch_tokens:,} tokens on {d['device']} in {d['dtype']}; run folder {run_dir}")
+
+    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=trainer.step if start_from else None)
+
+    def on_step(record: dict[str, Any]) -> None:
+        metrics.write(record)
+        if "val_loss" in record:
+            console.print(f"step {record['step']}: validation loss {record['val_loss']:.4f}")
+
+    status = "completed"
+    try:
+        if trainer.step >= cfg.train.steps:
+            console.print(f"run already complete at step {trainer.step}; raise train.steps to train further")
+        else:
+            with live_view(console, cfg.train.steps, trainer.step, cfg.logging.log_every, cfg.logging.progress) as view:
+                status = trainer.fit(on_step, lambda: checkpoints.save(trainer.step, trainer.state_dict()), view)
+    finally:
+        metrics.close()
+
+    records = read_metrics(run_dir / "metrics.jsonl")
+    val = [r["val_loss"] for r in records if "val_loss" in r]
+    train = [r["loss"] for r in records if r.get("loss") is not None]
+    summary = {"status": status, "step": trainer.step, "run_dir": str(run_dir),
+               "train_loss": train[-1] if train else None, "val_loss": val[-1] if val else None,
+               "unigram_entropy_nats": unigram, **summarize_throughput(records),
+               "checkpoint": str(checkpoints.step_dirs()[-1]) if checkpoints.step_dirs() else None}
+    if cfg.logging.plot:
+        plot = plot_loss(run_dir / "metrics.jsonl", run_dir / "loss.png", reference=unigram)
+        summary["plot"] = str(plot) if plot else None
+    atomic_write_json(run_dir / "summary.json", summary)
+    if status == "interrupted":
+        summary["signal"] = trainer.stop_signal
+    return summary

@@ -1,0 +1,211 @@
+"""The training loop: one optimizer step at a time, with validation, checkpoints and a live view.
+
+The trainer sees a plain model and a data loader; which device, precision or (later) which
+parallel layout is used is decided around it, so the loop itself never changes.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from shoal.config import Config
+from shoal.data.loader import DataLoader, validation_batches
+from shoal.data.shards import TokenWindows
+from shoal.errors import CheckpointError, ConfigError, TrainingError
+from shoal.hardware import peak_flops, pick_device, pick_dtype
+from shoal.models.transformer import Transformer, resolve_model_config
+from shoal.train.optim import build_optimizer, lr_at, set_lr
+
+
+@dataclass
+class StepResult:
+    loss: float
+    grad_norm: float
+    lr: float
+    seconds: float
+    skipped: bool
+
+
+class Trainer:
+    def __init__(self, cfg: Config, train_windows: TokenWindows, val_windows: TokenWindows | None,
+                 vocab_size: int, dataset_fingerprint: str = ""):
+        t, p = cfg.train, cfg.parallel
+        world = p.dp_replicate * p.dp_shard * p.tp
+        if world != 1:
+            raise ConfigError(f"the [parallel] layout needs {world} processes (dp_replicate * dp_shard * tp) "
+                              "but this run has 1; set them to 1")
+        self.cfg = replace(cfg, model=resolve_model_config(cfg.model, vocab_size))
+        self.device = pick_device(t.device)
+        self.dtype = pick_dtype(t.dtype, self.device)
+        self.dataset_fingerprint = dataset_fingerprint
+
+        torch.manual_seed(t.seed)
+        self.model = Transformer(self.cfg.model).to(self.device)
+        self.step_model = torch.compile(self.model) if t.compile else self.model
+        self.optimizer = build_optimizer(self.model, t)
+        self.global_batch = t.batch_tokens // t.seq_len
+        self.micro_steps = self.global_batch // t.micro_batch_size
+        self.loader = DataLoader(train_windows, self.global_batch, t.seed)
+        self.val_batches = validation_batches(val_windows, t.micro_batch_size, t.eval_batches) if val_windows else []
+        self.step = 0  # optimizer steps done (skipped non-finite steps included: their batch is consumed)
+        self.bad_steps = 0
+        self.flops_per_token = self.model.flops_per_token(t.seq_len)
+        self.peak_flops, self.peak_source = peak_flops(self.device, self.dtype)
+        self.stop_signal: int | None = None
+
+    # --- one step -------------------------------------------------------------------------------
+
+    def autocast(self):
+        if self.dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def train_step(self) -> StepResult:
+        t = self.cfg.train
+        start = time.perf_counter()
+        lr = lr_at(self.step, t)
+        set_lr(self.optimizer, lr)
+        self.model.train()
+        batch = self.loader.batch(self.step).to(self.device, non_blocking=True)
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in batch.split(t.micro_batch_size):
+            with self.autocast():
+                logits = self.step_model(micro[:, :-1])
+            loss = F.cross_entropy(logits.float().flatten(0, 1), micro[:, 1:].flatten())
+            (loss / self.micro_steps).backward()
+            loss_sum += loss.detach()
+        clip = t.grad_clip if t.grad_clip > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        loss_value = float(loss_sum) / self.micro_steps
+        skipped = not (math.isfinite(loss_value) and math.isfinite(grad_norm))
+        if not skipped:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.bad_steps = self.bad_steps + 1 if skipped else 0
+        if self.bad_steps >= t.max_bad_steps:
+            raise TrainingError(f"loss was non-finite for {self.bad_steps} steps in a row (last: step {self.step}); "
+                                "the weights are those of the last finite step: lower train.lr or check the data")
+        return StepResult(loss_value, grad_norm, lr, time.perf_counter() - start, skipped)
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        """Mean next-token loss (nats) over the fixed validation windows."""
+        if not self.val_batches:
+            return None
+        self.model.eval()
+        total, count = 0.0, 0
+        for batch in self.val_batches:
+            batch = batch.to(self.device)
+            with self.autocast():
+                logits = self.step_model(batch[:, :-1])
+            loss = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten(), reduction="sum")
+            total += float(loss)
+            count += batch[:, 1:].numel()
+        return total / count
+
+    # --- state ----------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "loader": self.loader.state_dict(self.step), "step": self.step, "bad_steps": self.bad_steps,
+                "rng": rng, "config": self.cfg.to_dict(), "dataset_fingerprint": self.dataset_fingerprint}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved_model = state["config"]["model"]
+        changed = [f"model.{k}: checkpoint {v!r}, config {getattr(self.cfg.model, k)!r}"
+                   for k, v in saved_model.items() if getattr(self.cfg.model, k) != v]
+        if changed:
+            raise CheckpointError(f"checkpoint was trained with another model shape ({'; '.join(changed)}); "
+                                  "use the same [model] settings or start a new run")
+        if state["dataset_fingerprint"] != self.dataset_fingerprint:
+            raise CheckpointError(f"checkpoint was trained on dataset {state['dataset_fingerprint'][:16]}, this run "
+                                  f"prepares {self.dataset_fingerprint[:16]}; use the same data or start a new run")
+        self.loader.check_state(state["loader"])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = state["step"]
+        self.bad_steps = state["bad_steps"]
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def _catch_stop_signals(self) -> Callable[[], None]:
+        """SIGINT/SIGTERM ask the loop to checkpoint and stop after the current step; a second one acts at once."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def handler(signum, frame):
+            self.stop_signal = signum
+            signal.signal(signum, previous[signum])
+
+        for sig in previous:
+            signal.signal(sig, handler)
+        return lambda: [signal.signal(sig, h) for sig, h in previous.items()]
+
+    def fit(self, on_step: Callable[[dict[str, Any]], None], save: Callable[[], None],
+            progress: Any = None) -> str:
+        """Train until cfg.train.steps; returns "completed" or "interrupted" (checkpoint saved either way).
+
+        `on_step` receives every metrics record; `save` writes a checkpoint of `state_dict()`.
+        """
+        t = self.cfg.train
+        tokens_per_step = self.global_batch * t.seq_len
+        restore_signals = self._catch_stop_signals()
+        try:
+            while self.step < t.steps:
+                result = self.train_step()
+                tokens_per_second = tokens_per_step / result.seconds
+                record = {"step": self.step, "loss": None if result.skipped else result.loss, "lr": result.lr,
+                          "grad_norm": result.grad_norm if math.isfinite(result.grad_norm) else None,
+                          "tokens": self.step * tokens_per_step, "tokens_per_second": tokens_per_second,
+                          "mfu": self.flops_per_token * tokens_per_second / self.peak_flops,
+                          "step_seconds": result.seconds, "skipped": result.skipped}
+                on_step(record)
+                if progress is not None:
+                    progress(record)
+                if self.step % t.eval_every == 0 or self.step == t.steps:
+                    val_loss = self.evaluate()
+                    if val_loss is not None:
+                        on_step({"step": self.step, "val_loss": val_loss})
+                if self.stop_signal is not None:
+                    save()
+                    return "interrupted"
+                if self.step % t.checkpoint_every == 0 or self.step == t.steps:
+                    save()
+            return "completed"
+        finally:
+            restore_signals()
+
+    def describe(self) -> dict[str, Any]:
+        return {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
+                "parameters": self.model.num_params(), "non_embedding_parameters": self.model.num_params(True),
+                "flops_per_token": self.flops_per_token, "peak_flops": self.peak_flops, "peak_source": self.peak_source,
+                "global_batch_sequences": self.global_batch, "micro_steps": self.micro_steps,
+                "model": asdict(self.cfg.model)}
+
+
+def summarize_throughput(records: list[dict[str, Any]], skip_first: int = 3) -> dict[str, float]:
+    """Median tokens/s and MFU over the steps of a run, leaving out the warm-up steps."""
+    steps = [r for r in records if "tokens_per_second" in r][skip_first:]
+    if not steps:
+        return {}
+    return {"tokens_per_second": statistics.median(r["tokens_per_second"] for r in steps),
+            "mfu": statistics.median(r["mfu"] for r in steps)}
