@@ -53,6 +53,12 @@ def shoal_trainer(trainer: Trainer, steps: int) -> float:
     return statistics.median(times[1:])
 
 
+def figures(seconds: list[float], tokens_per_step: int, flops_per_token: float, peak: float) -> dict[str, float]:
+    tokens_per_second = tokens_per_step / statistics.median(seconds)
+    return {"tokens_per_second": round(tokens_per_second, 1), "mfu": round(flops_per_token * tokens_per_second / peak, 4),
+            "seconds_per_step": round(statistics.median(seconds), 4)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny")
@@ -74,12 +80,7 @@ def main() -> None:
             plain_s.append(plain_pytorch_loop(trainer, args.steps))
         peak, source = peak_flops(trainer.device, trainer.dtype)
 
-        def figures(seconds: list[float], trainer=trainer, peak=peak) -> dict[str, float]:
-            tps = tokens_per_step / statistics.median(seconds)
-            return {"tokens_per_second": round(tps, 1), "mfu": round(trainer.flops_per_token * tps / peak, 4),
-                    "seconds_per_step": round(statistics.median(seconds), 4)}
-
-        shoal_fig, plain_fig = figures(shoal_s), figures(plain_s)
+        shoal_fig, plain_fig = (figures(s, tokens_per_step, trainer.flops_per_token, peak) for s in (shoal_s, plain_s))
         results[dtype] = {"shoal": shoal_fig, "plain_pytorch": plain_fig,
                           "shoal_vs_plain": round(shoal_fig["tokens_per_second"] / plain_fig["tokens_per_second"], 3),
                           "peak_flops": peak, "peak_source": source}

@@ -48,6 +48,8 @@ class Trainer:
         self.cfg = replace(cfg, model=resolve_model_config(cfg.model, vocab_size))
         self.device = pick_device(t.device)
         self.dtype = pick_dtype(t.dtype, self.device)
+        if self.device.type == "cuda":
+            torch.set_float32_matmul_precision("high")  # fp32 matmuls on TF32 tensor cores, as the MFU peak assumes
         self.dataset_fingerprint = dataset_fingerprint
 
         torch.manual_seed(t.seed)
