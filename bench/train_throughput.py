@@ -28,6 +28,7 @@ def plain_pytorch_loop(trainer: Trainer, steps: int) -> float:
     """nanoGPT-style step on a fresh copy of the same model: returns seconds per step (median)."""
     t = trainer.cfg.train
     model = type(trainer.model)(trainer.cfg.model).to(trainer.device)
+    step_model = torch.compile(model) if t.compile else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay,
                                   fused=trainer.device.type == "cuda")
     use_autocast = trainer.dtype != torch.float32
@@ -37,7 +38,7 @@ def plain_pytorch_loop(trainer: Trainer, steps: int) -> float:
         batch = trainer.loader.batch(step).to(trainer.device)
         for micro in batch.split(t.micro_batch_size):
             with torch.autocast(trainer.device.type, dtype=trainer.dtype, enabled=use_autocast):
-                logits = model(micro[:, :-1])
+                logits = step_model(micro[:, :-1])
             loss = F.cross_entropy(logits.float().flatten(0, 1), micro[:, 1:].flatten())
             (loss / trainer.micro_steps).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
@@ -65,12 +66,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps per round (the first is not timed)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--vocab", type=int, default=8192)
+    parser.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
 
     tokens = np.random.default_rng(0).integers(0, args.vocab, size=4_000_000, dtype=np.int64).astype(np.uint16)
     results = {}
-    for dtype in ("fp32", "bf16"):
+    for dtype in args.dtypes.split(","):
         cfg = load_config(args.preset, [f"train.dtype={dtype}", *args.overrides])
         trainer = Trainer(cfg, TokenWindows([tokens], cfg.train.seq_len), None, args.vocab)
         tokens_per_step = cfg.train.batch_tokens
@@ -92,7 +94,7 @@ def main() -> None:
         "tokens_per_step": cfg.train.batch_tokens, "micro_batch": [cfg.train.micro_batch_size, cfg.train.seq_len],
         "rounds": args.rounds, "timed_steps_per_round": args.steps - 1,
         "bf16_speedup_shoal": round(results["bf16"]["shoal"]["tokens_per_second"]
-                                    / results["fp32"]["shoal"]["tokens_per_second"], 3),
+                                    / results["fp32"]["shoal"]["tokens_per_second"], 3) if len(results) == 2 else None,
         "results": results}, indent=2))
 
 

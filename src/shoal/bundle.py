@@ -53,7 +53,7 @@ def load_run(run_dir: str | Path) -> LoadedModel:
     path = checkpoints.latest_valid()
     if path is None:
         raise CheckpointError(f"run {run_dir} has no checkpoint yet; train it first (shoal train)")
-    state = checkpoints.load(path)
+    state = checkpoints.load(path, like=dict.fromkeys(["model", "config", "step", "dataset_fingerprint"]))
     cfg = config_from_dict(state["config"])
     model = _model_from_state(cfg.model, state["model"])
     tokenizer = load_tokenizer(run_dir / "tokenizer.json")
@@ -67,6 +67,8 @@ def load_bundle(path: str | Path) -> LoadedModel:
         manifest = json.loads((path / "manifest.json").read_text())
     except (OSError, ValueError):
         raise CheckpointError(f"{path} is not a shoal bundle (no readable manifest.json)") from None
+    if not isinstance(manifest, dict) or set(manifest.get("files") or {}) != set(BUNDLE_FILES):
+        raise CheckpointError(f"{path}/manifest.json is malformed: it must list {', '.join(BUNDLE_FILES)}")
     if manifest.get("format") != BUNDLE_FORMAT:
         raise CheckpointError(f"{path} has bundle format {manifest.get('format')!r}, expected {BUNDLE_FORMAT!r}")
     problem = find_file_problem(path, manifest["files"])

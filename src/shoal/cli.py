@@ -71,20 +71,25 @@ def generate(model: Annotated[Path, typer.Argument(help="Run folder or exported 
              cache: Annotated[bool, typer.Option(help="Use the KV cache (--no-cache recomputes every step).")] = True) -> None:
     """Continue PROMPT with a trained model, streaming tokens to the terminal."""
     from shoal.bundle import load_model
+    from shoal.data.tokenizer import eot_id
     from shoal.serve.generate import generate as generate_tokens
 
     loaded = load_model(model)
     tokenizer = loaded.tokenizer
     prompt_ids = tokenizer.encode(prompt).ids
-    eot = tokenizer.token_to_id("<|endoftext|>")
-    sys.stdout.write(prompt)
+    prompt_text = tokenizer.decode(prompt_ids)
     new_ids: list[int] = []
     shown = ""
-    for token in generate_tokens(loaded.model, prompt_ids, max_tokens, temperature=temperature, top_k=top_k,
-                                 top_p=top_p, seed=seed, use_cache=cache, stop_token=eot):
+    try:  # generate() checks the prompt and settings when called, before any token
+        stream = generate_tokens(loaded.model, prompt_ids, max_tokens, temperature=temperature, top_k=top_k,
+                                 top_p=top_p, seed=seed, use_cache=cache, stop_token=eot_id(tokenizer))
+    except ValueError as e:
+        raise ShoalError(f"cannot generate: {e}") from None
+    sys.stdout.write(prompt)
+    for token in stream:
         new_ids.append(token)
         # Decode the whole continuation each time: a character can span several byte-level tokens.
-        text = tokenizer.decode(prompt_ids + new_ids)[len(tokenizer.decode(prompt_ids)):]
+        text = tokenizer.decode(prompt_ids + new_ids)[len(prompt_text):]
         if not text.endswith("\ufffd"):
             sys.stdout.write(text[len(shown):])
             sys.stdout.flush()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -186,9 +187,11 @@ def load_config(preset: str = DEFAULT_PRESET, overrides: list[str] | None = None
     """Load a preset name or TOML path, apply `section.key=value` overrides, validate."""
     path = preset_path(preset)
     try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path} is not valid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
     cfg = Config(preset=path.stem)
     for section, table in data.items():
         if section not in SECTIONS or not isinstance(table, dict):
@@ -235,6 +238,8 @@ def validate(cfg: Config) -> None:
     kv_heads = m.n_kv_heads or m.n_heads
     _require(0 < kv_heads <= m.n_heads and m.n_heads % kv_heads == 0,
              f"config key 'model.n_kv_heads' ({m.n_kv_heads}) must divide model.n_heads ({m.n_heads})")
+    _require(m.rope_theta > 0 and m.norm_eps > 0 and m.init_std > 0,
+             "config keys 'model.rope_theta', 'model.norm_eps' and 'model.init_std' must be > 0")
     _require(m.vocab_size >= 0 and m.d_ff >= 0, "config keys 'model.vocab_size' and 'model.d_ff' must be >= 0 (0: automatic)")
     _require(d.vocab_size >= 257, f"config key 'data.vocab_size' must be >= 257 (256 bytes + end of text), got {d.vocab_size}")
     _require(0.0 < d.val_fraction < 0.5, f"config key 'data.val_fraction' must be in (0, 0.5), got {d.val_fraction}")
@@ -245,7 +250,9 @@ def validate(cfg: Config) -> None:
     _require(t.batch_tokens % micro_tokens == 0,
              f"config key 'train.batch_tokens' ({t.batch_tokens}) must be a multiple of train.seq_len * "
              f"train.micro_batch_size ({micro_tokens})")
-    _require(t.lr > 0 and 0 <= t.min_lr_ratio <= 1, "config keys 'train.lr' > 0 and 'train.min_lr_ratio' in [0, 1] are required")
+    _require(t.eps > 0, f"config key 'train.eps' must be > 0, got {t.eps}")
+    _require(math.isfinite(t.lr) and t.lr > 0 and 0 <= t.min_lr_ratio <= 1,
+             "config keys 'train.lr' (finite, > 0) and 'train.min_lr_ratio' (in [0, 1]) are out of range")
     _require(t.schedule in ("cosine", "wsd", "constant"),
              f"config key 'train.schedule' must be cosine, wsd or constant, got '{t.schedule}'")
     _require(0 <= t.warmup_steps < t.steps,

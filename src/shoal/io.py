@@ -61,6 +61,16 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def check_can_create_dir(path: str | Path) -> None:
+    """Raise a one-line OutputError unless `path` is, or could be made, a writable folder; creates nothing."""
+    path = Path(path).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise OutputError(f"cannot write to output folder {path}: {existing} is not a folder; choose another folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write to output folder {path}: {existing} is not writable; choose another folder")
+
+
 def ensure_writable_dir(path: str | Path) -> Path:
     """Create `path` if needed and prove it can be written, or raise a one-line OutputError."""
     path = Path(path)

@@ -55,6 +55,7 @@ def test_missing_source(shared_root, tmp_path):
     result = shoal("train", *sets(small_overrides(shared_root) + [f'data.sources=["{tmp_path / "nowhere"}"]',
                                                                   f'train.out_dir="{tmp_path / "runs"}"']))
     assert_one_line_error(result, "nowhere", "does not exist")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_empty_corpus(shared_root, tmp_path):
@@ -64,8 +65,7 @@ def test_empty_corpus(shared_root, tmp_path):
     prepared = shared_root / "prepared"
     before = snapshot(prepared) if prepared.exists() else {}
     result = shoal("data", "prepare", *sets(small_overrides(shared_root) + [f'data.sources=["{empty}"]']))
-    assert_one_line_error(result)
-    assert "no documents" in result.stderr or "empty" in result.stderr
+    assert_one_line_error(result, "no documents")
     assert (snapshot(prepared) if prepared.exists() else {}) == before
 
 
@@ -100,6 +100,8 @@ def test_generate_is_the_same_with_and_without_cache(trained_run):
     assert cached.stdout.startswith("def load(") and len(cached.stdout) > len("def load(\n")
     greedy = shoal(*args, "--temperature", "0")
     assert greedy.stdout == shoal(*args, "--temperature", "0", "--no-cache").stdout
+    assert_one_line_error(shoal("generate", str(trained_run), ""), "cannot generate", "prompt is empty")
+    assert_one_line_error(shoal("generate", str(trained_run), "x", "--top-p", "2"), "cannot generate", "top_p")
 
 
 def test_export_bundle_generates_like_the_run(trained_run, tmp_path):

@@ -34,12 +34,13 @@ def test_folder_glob_skips_hidden_and_pycache_and_sorts(tmp_path: Path) -> None:
 def test_file_specs_kinds_and_dedup(tmp_path: Path) -> None:
     root = _tree(tmp_path / "tree")
     (root / "t.parquet").write_bytes(b"")
-    (root / "u.JSON").write_text("")
+    (root / "u.JSONL").write_text("")
+    (root / "v.json").write_text("{}")
     files = resolve_sources([str(root / "a.txt"), str(root), str(root / "a.txt")])
-    assert len(files) == len({f.path for f in files}) == 6
+    assert len(files) == len({f.path for f in files}) == 7
     by_name = {f.path.name: f for f in files}
     assert by_name["a.txt"].source == str(root / "a.txt")  # the first spec naming a file keeps it
-    assert (by_name["t.parquet"].kind, by_name["u.JSON"].kind) == ("parquet", "jsonl")
+    assert [by_name[n].kind for n in ("t.parquet", "u.JSONL", "v.json")] == ["parquet", "jsonl", "text"]
     assert files == sorted(files, key=lambda f: f.path)
 
 

@@ -40,7 +40,7 @@ class Document:
 
 def kind_of(path: Path) -> str:
     suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json"):
+    if suffix == ".jsonl":  # a plain .json file is one document, not one per line
         return "jsonl"
     if suffix == ".parquet":
         return "parquet"

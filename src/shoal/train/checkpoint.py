@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,8 @@ def verify(path: Path) -> dict[str, Any]:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError):
         raise CheckpointError(f"checkpoint {path} has no readable {MANIFEST_FILE} (incomplete or corrupt)") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict) or not manifest["files"]:
+        raise CheckpointError(f"checkpoint {path} has a malformed {MANIFEST_FILE} (no list of files to check)")
     if manifest.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} has format {manifest.get('format')!r}, expected {FORMAT!r}")
     problem = find_file_problem(path, manifest.get("files", {}))
@@ -47,10 +50,10 @@ def verify(path: Path) -> dict[str, Any]:
 
 
 class CheckpointManager:
-    def __init__(self, folder: str | Path, keep: int = 3, warn: Callable[[str], None] = print):
+    def __init__(self, folder: str | Path, keep: int = 3, warn: Callable[[str], None] | None = None):
         self.folder = Path(folder)
         self.keep = keep
-        self.warn = warn
+        self.warn = warn or (lambda message: print(message, file=sys.stderr))
 
     def step_dirs(self) -> list[Path]:
         """Checkpoint folders, oldest first (temporary and set-aside folders are not listed)."""
@@ -76,7 +79,7 @@ class CheckpointManager:
                         "files": describe_files(tmp, [STATE_FILE])}
             atomic_write_json(tmp / MANIFEST_FILE, manifest)
             fsync_dir(tmp)
-            if final.exists():  # e.g. a corrupt checkpoint of this step that a resume fell back past: keep it aside
+            if final.exists():  # a checkpoint of this step from an earlier attempt: keep it aside
                 final.rename(self.folder / f"{final.name}.superseded-{int(time.time())}")
             tmp.rename(final)
             fsync_dir(self.folder)
@@ -101,12 +104,34 @@ class CheckpointManager:
                                   "start a new run with --resume none and another run name")
         return None
 
-    def load(self, path: str | Path) -> dict[str, Any]:
+    def load(self, path: str | Path, like: dict[str, Any]) -> dict[str, Any]:
+        """The state saved in `path`, with the same top-level entries as `like` (the caller's current state).
+
+        `like` is what a sharded backend loads into in place; here it checks that nothing the caller needs is missing.
+        """
         path = Path(path)
         if not path.is_dir():
             raise CheckpointError(f"checkpoint {path} does not exist")
         verify(path)
         try:
-            return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+            state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
         except Exception as e:  # a file that verifies but does not unpickle was written by something else
             raise CheckpointError(f"checkpoint {path} cannot be read: {type(e).__name__}: {e}") from None
+        missing = sorted(set(like) - set(state)) if isinstance(state, dict) else sorted(like)
+        if missing:
+            raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}; it was not written by this trainer")
+        return state
+
+    def set_aside_after(self, step: int) -> list[Path]:
+        """Rename checkpoints newer than `step` to step_X.superseded-T before training on from `step`.
+
+        A run resumed from an older checkpoint writes a new future; the old one is kept for inspection, and
+        keep-last-K (which sorts by step) would otherwise delete the new checkpoints as soon as they are written.
+        """
+        moved = []
+        for path in self.step_dirs():
+            if int(_STEP_DIR.match(path.name).group(1)) > step:
+                target = path.with_name(f"{path.name}.superseded-{int(time.time())}")
+                path.rename(target)
+                moved.append(target)
+        return moved

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from shoal.config import Config
 from shoal.data.prepare import prepare_dataset
 from shoal.errors import CheckpointError
-from shoal.io import atomic_write_json, ensure_writable_dir
+from shoal.io import atomic_write_json, check_can_create_dir, ensure_writable_dir
 from shoal.train.checkpoint import CheckpointManager
 from shoal.train.metrics import MetricsLog, plot_loss, read_metrics
 from shoal.train.trainer import Trainer, summarize_throughput
@@ -58,17 +58,21 @@ def live_view(console: Console, total_steps: int, start_step: int, log_every: in
 def run_training(cfg: Config, resume: str = "auto", console: Console | None = None) -> dict[str, Any]:
     """Train `cfg` in its run folder; returns the summary that is also written to summary.json."""
     console = console or Console(stderr=True)
-    run_dir = ensure_writable_dir(cfg.run_dir)
-    checkpoints = CheckpointManager(run_dir / "checkpoints", cfg.train.keep_checkpoints, warn=console.print)
-    start_from = resume_path(resume, checkpoints)  # before any work, so a refusal changes nothing
+    # Every refusal comes before anything is written: the run folder is made only once the data is ready.
+    check_can_create_dir(cfg.run_dir)
+    checkpoints = CheckpointManager(cfg.run_dir / "checkpoints", cfg.train.keep_checkpoints, warn=console.print)
+    start_from = resume_path(resume, checkpoints)
 
     data = prepare_dataset(cfg.data, progress=cfg.logging.progress)
     seq_len = cfg.train.seq_len
     trainer = Trainer(cfg, data.windows("train", seq_len), data.windows("val", seq_len),
                       data.manifest["vocab_size"], data.fingerprint)
     if start_from is not None:
-        trainer.load_state_dict(checkpoints.load(start_from))
+        trainer.load_state_dict(checkpoints.load(start_from, like=trainer.state_dict()))
         console.print(f"resumed from {start_from} (step {trainer.step})")
+        for path in checkpoints.set_aside_after(trainer.step):
+            console.print(f"set aside newer checkpoint {path.name}: training goes on from step {trainer.step}")
+    run_dir = ensure_writable_dir(cfg.run_dir)
 
     atomic_write_json(run_dir / "config.json", trainer.cfg.to_dict())
     shutil.copyfile(data.tokenizer_path, run_dir / "tokenizer.json")

@@ -45,6 +45,9 @@ class Trainer:
         if world != 1:
             raise ConfigError(f"the [parallel] layout needs {world} processes (dp_replicate * dp_shard * tp) "
                               "but this run has 1; set them to 1")
+        if 0 < cfg.model.vocab_size < vocab_size:
+            raise ConfigError(f"config key 'model.vocab_size' ({cfg.model.vocab_size}) is below the tokenizer's "
+                              f"{vocab_size} tokens; set it to 0 (automatic) or at least {vocab_size}")
         self.cfg = replace(cfg, model=resolve_model_config(cfg.model, vocab_size))
         self.device = pick_device(t.device)
         self.dtype = pick_dtype(t.dtype, self.device)
@@ -88,8 +91,8 @@ class Trainer:
             (loss / self.micro_steps).backward()
             loss_sum += loss.detach()
         clip = t.grad_clip if t.grad_clip > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
-        loss_value = float(loss_sum) / self.micro_steps
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        loss_value, grad_norm = torch.stack([loss_sum / self.micro_steps, grad_norm.float()]).tolist()  # one sync
         skipped = not (math.isfinite(loss_value) and math.isfinite(grad_norm))
         if not skipped:
             self.optimizer.step()
