@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The CPU build of PyTorch unless a torch is already installed; for a GPU: make setup TORCH_SPEC=torch
+# torch==2.13.0 unless .venv already has a torch; pick another build with TORCH_SPEC="torch --index-url ..."
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.shoal-installed
 
