@@ -1,3 +1,3 @@
-"""shoal: train, evaluate, compress, version and serve language models."""
+"""shoal: train transformer language models, export them and sample from them."""
 
 __version__ = "0.1.0"

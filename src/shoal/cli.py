@@ -11,7 +11,7 @@ import typer
 
 from shoal.errors import ShoalError
 
-app = typer.Typer(help="Train, evaluate and serve language models, from a laptop CPU to many GPUs.",
+app = typer.Typer(help="Train transformer language models, export them and sample from them.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 data_app = typer.Typer(help="Prepare and inspect training data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
