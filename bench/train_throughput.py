@@ -1,9 +1,10 @@
 """Training throughput: shoal's trainer against a plain PyTorch loop, same model and batch, fp32 and bf16.
 
 Prints JSON. Both sides run the same optimizer step (AdamW, gradient accumulation, clipping,
-autocast) on the same random tokens; rounds alternate so that machine noise hits both alike.
+autocast) on the same random tokens; their steps interleave, each going first in turn, so
+that machine noise and warm-up hit both alike. Figures are medians over the timed steps.
 
-    python bench/train_throughput.py [--preset tiny] [--steps 6] [--rounds 3] [--set model.n_layers=2 ...]
+    python bench/train_throughput.py [--preset tiny] [--steps 16] [--dtypes fp32,bf16] [--set model.n_layers=2 ...]
 """
 
 from __future__ import annotations
@@ -24,34 +25,54 @@ from shoal.hardware import peak_flops
 from shoal.train.trainer import Trainer
 
 
-def plain_pytorch_loop(trainer: Trainer, steps: int) -> float:
-    """nanoGPT-style step on a fresh copy of the same model: returns seconds per step (median)."""
-    t = trainer.cfg.train
-    model = type(trainer.model)(trainer.cfg.model).to(trainer.device)
-    step_model = torch.compile(model) if t.compile else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay,
-                                  fused=trainer.device.type == "cuda")
-    use_autocast = trainer.dtype != torch.float32
-    times = []
-    for step in range(steps):
+class PlainPyTorchLoop:
+    """nanoGPT-style training step on a fresh copy of the same model, fed the trainer's batches."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+        t = trainer.cfg.train
+        self.model = type(trainer.model)(trainer.cfg.model).to(trainer.device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2),
+                                           weight_decay=t.weight_decay, fused=trainer.device.type == "cuda")
+        # nanoGPT computes its loss inside the compiled forward, so the loss is compiled with the model here too.
+        self.micro_loss = torch.compile(self._micro_loss) if t.compile else self._micro_loss
+        self.step = 0
+
+    def _micro_loss(self, micro: torch.Tensor) -> torch.Tensor:
+        trainer = self.trainer
+        with torch.autocast(trainer.device.type, dtype=trainer.dtype, enabled=trainer.dtype != torch.float32):
+            logits = self.model(micro[:, :-1])
+        return F.cross_entropy(logits.float().flatten(0, 1), micro[:, 1:].flatten())
+
+    def train_step(self) -> float:
+        """One optimizer step; returns its wall time in seconds."""
+        trainer, t = self.trainer, self.trainer.cfg.train
         start = time.perf_counter()
-        batch = trainer.loader.batch(step).to(trainer.device)
+        batch = trainer.loader.batch(self.step).to(trainer.device)
         for micro in batch.split(t.micro_batch_size):
-            with torch.autocast(trainer.device.type, dtype=trainer.dtype, enabled=use_autocast):
-                logits = step_model(micro[:, :-1])
-            loss = F.cross_entropy(logits.float().flatten(0, 1), micro[:, 1:].flatten())
+            loss = self.micro_loss(micro)
             (loss / trainer.micro_steps).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
         loss.item()  # wait for the device, as the trainer does
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
+        self.step += 1
+        return time.perf_counter() - start
 
 
-def shoal_trainer(trainer: Trainer, steps: int) -> float:
-    times = [trainer.train_step().seconds for _ in range(steps)]
-    return statistics.median(times[1:])
+def interleaved_step_times(trainer: Trainer, plain: PlainPyTorchLoop, steps: int) -> tuple[list[float], list[float]]:
+    """Alternate single steps of the two, each going first in turn, so that noise on a shared machine and
+    warm-up hit both alike; the first step of each (allocation, compilation) is not timed."""
+    trainer.train_step()
+    plain.train_step()
+    shoal_s, plain_s = [], []
+    for i in range(steps):
+        if i % 2 == 0:
+            shoal_s.append(trainer.train_step().seconds)
+        plain_s.append(plain.train_step())
+        if i % 2 == 1:
+            shoal_s.append(trainer.train_step().seconds)
+    return shoal_s, plain_s
 
 
 def figures(seconds: list[float], tokens_per_step: int, flops_per_token: float, peak: float) -> dict[str, float]:
@@ -60,11 +81,22 @@ def figures(seconds: list[float], tokens_per_step: int, flops_per_token: float, 
             "seconds_per_step": round(statistics.median(seconds), 4)}
 
 
+def paired_speed_ratio(shoal_s: list[float], plain_s: list[float], resamples: int = 2000) -> tuple[float, float, float]:
+    """Median over step pairs of plain time / shoal time (> 1: shoal faster), with a bootstrap 95% interval.
+
+    Steps taken side by side share the machine's state, so their ratio cancels most of a shared machine's noise.
+    """
+    ratios = np.array(plain_s) / np.array(shoal_s)
+    rng = np.random.default_rng(0)
+    medians = np.median(rng.choice(ratios, size=(resamples, len(ratios))), axis=1)
+    low, high = np.percentile(medians, [2.5, 97.5])
+    return round(float(np.median(ratios)), 3), round(float(low), 3), round(float(high), 3)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--steps", type=int, default=6, help="optimizer steps per round (the first is not timed)")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=16, help="timed optimizer steps of each side")
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
@@ -76,23 +108,20 @@ def main() -> None:
         cfg = load_config(args.preset, [f"train.dtype={dtype}", *args.overrides])
         trainer = Trainer(cfg, TokenWindows([tokens], cfg.train.seq_len), None, args.vocab)
         tokens_per_step = cfg.train.batch_tokens
-        shoal_s, plain_s = [], []
-        for _ in range(args.rounds):
-            shoal_s.append(shoal_trainer(trainer, args.steps))
-            plain_s.append(plain_pytorch_loop(trainer, args.steps))
+        shoal_s, plain_s = interleaved_step_times(trainer, PlainPyTorchLoop(trainer), args.steps)
         peak, source = peak_flops(trainer.device, trainer.dtype)
 
         shoal_fig, plain_fig = (figures(s, tokens_per_step, trainer.flops_per_token, peak) for s in (shoal_s, plain_s))
-        results[dtype] = {"shoal": shoal_fig, "plain_pytorch": plain_fig,
-                          "shoal_vs_plain": round(shoal_fig["tokens_per_second"] / plain_fig["tokens_per_second"], 3),
-                          "peak_flops": peak, "peak_source": source}
+        ratio, low, high = paired_speed_ratio(shoal_s, plain_s)
+        results[dtype] = {"shoal": shoal_fig, "plain_pytorch": plain_fig, "shoal_vs_plain": ratio,
+                          "shoal_vs_plain_95ci": [low, high], "peak_flops": peak, "peak_source": source}
     print(json.dumps({
         "benchmark": "train_throughput", "preset": args.preset, "overrides": args.overrides,
         "device": str(trainer.device), "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "parameters": trainer.model.num_params(), "flops_per_token": trainer.flops_per_token,
         "tokens_per_step": cfg.train.batch_tokens, "micro_batch": [cfg.train.micro_batch_size, cfg.train.seq_len],
-        "rounds": args.rounds, "timed_steps_per_round": args.steps - 1,
+        "timed_steps": args.steps,
         "bf16_speedup_shoal": round(results["bf16"]["shoal"]["tokens_per_second"]
                                     / results["fp32"]["shoal"]["tokens_per_second"], 3) if len(results) == 2 else None,
         "results": results}, indent=2))

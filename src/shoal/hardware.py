@@ -52,8 +52,12 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
 
 
 @functools.cache
-def measured_matmul_flops(device_type: str, dtype: torch.dtype, size: int = 2048, seconds: float = 0.5) -> float:
-    """Best sustained square-matmul FLOP/s seen in a short probe: the CPU's practical peak."""
+def measured_matmul_flops(device_type: str, dtype: torch.dtype, size: int = 1536, seconds: float = 1.0) -> float:
+    """Best square-matmul FLOP/s over a one-second probe of many products: the practical peak of a CPU.
+
+    The best of many short products, not their mean, so that a moment of contention on a shared machine does not
+    lower the peak (which would inflate MFU).
+    """
     generator = torch.Generator().manual_seed(0)  # leaves the global RNG, and so training, untouched
     a = torch.randn(size, size, generator=generator).to(device_type, dtype)
     b = torch.randn(size, size, generator=generator).to(device_type, dtype)

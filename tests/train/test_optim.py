@@ -34,6 +34,7 @@ def test_constant():
 def test_weight_decay_only_on_matrices():
     model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
     opt = build_optimizer(model, load_config("tiny").train)
+    assert opt.defaults["fused"]
     decayed, plain = opt.param_groups
     assert decayed["weight_decay"] > 0 and plain["weight_decay"] == 0
     assert {p.dim() for p in decayed["params"]} == {2} and {p.dim() for p in plain["params"]} == {1}

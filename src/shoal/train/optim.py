@@ -10,16 +10,17 @@ from torch import nn
 from shoal.config import TrainConfig
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool | None = None) -> torch.optim.AdamW:
-    """Decay only matrices (linear and embedding weights); norms and other vectors are not decayed."""
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """Fused AdamW (one kernel per step on CPUs and GPUs; it can skip a step on the device, see the trainer).
+
+    Only matrices (linear and embedding weights) are decayed; norms and other vectors are not.
+    """
     decay, no_decay = [], []
     for param in model.parameters():  # shared (tied) parameters are yielded once
         if param.requires_grad:
             (decay if param.dim() >= 2 else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if fused is None:
-        fused = all(p.is_cuda for p in decay + no_decay)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=True)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

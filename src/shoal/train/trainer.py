@@ -57,7 +57,8 @@ class Trainer:
 
         torch.manual_seed(t.seed)
         self.model = Transformer(self.cfg.model).to(self.device)
-        self.step_model = torch.compile(self.model) if t.compile else self.model
+        # Compiling the loss with the model lets the compiler fuse the fp32 upcast of the logits into the loss.
+        self.micro_loss = torch.compile(self._micro_loss) if t.compile else self._micro_loss
         self.optimizer = build_optimizer(self.model, t)
         self.global_batch = t.batch_tokens // t.seq_len
         self.micro_steps = self.global_batch // t.micro_batch_size
@@ -76,6 +77,12 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
+    def _micro_loss(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Mean next-token loss of windows [B, T + 1]; logits are upcast so the loss is computed in fp32."""
+        with self.autocast():
+            logits = self.model(tokens[:, :-1])
+        return F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten())
+
     def train_step(self) -> StepResult:
         t = self.cfg.train
         start = time.perf_counter()
@@ -85,18 +92,19 @@ class Trainer:
         batch = self.loader.batch(self.step).to(self.device, non_blocking=True)
         loss_sum = torch.zeros((), device=self.device)
         for micro in batch.split(t.micro_batch_size):
-            with self.autocast():
-                logits = self.step_model(micro[:, :-1])
-            loss = F.cross_entropy(logits.float().flatten(0, 1), micro[:, 1:].flatten())
+            loss = self.micro_loss(micro)
             (loss / self.micro_steps).backward()
             loss_sum += loss.detach()
         clip = t.grad_clip if t.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        loss_value, grad_norm = torch.stack([loss_sum / self.micro_steps, grad_norm.float()]).tolist()  # one sync
-        skipped = not (math.isfinite(loss_value) and math.isfinite(grad_norm))
-        if not skipped:
-            self.optimizer.step()
+        stats = torch.stack([loss_sum / self.micro_steps, grad_norm.float()])
+        # The fused optimizer skips a non-finite step on the device (the mechanism GradScaler uses), so the host
+        # launches the update without first waiting for the GPU to finish the backward pass.
+        self.optimizer.found_inf = (~stats.isfinite().all()).float()
+        self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        loss_value, grad_norm = stats.tolist()
+        skipped = not (math.isfinite(loss_value) and math.isfinite(grad_norm))
         self.step += 1
         self.bad_steps = self.bad_steps + 1 if skipped else 0
         if self.bad_steps >= t.max_bad_steps:
@@ -113,11 +121,8 @@ class Trainer:
         total, count = 0.0, 0
         for batch in self.val_batches:
             batch = batch.to(self.device)
-            with self.autocast():
-                logits = self.step_model(batch[:, :-1])
-            loss = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten(), reduction="sum")
-            total += float(loss)
             count += batch[:, 1:].numel()
+            total += float(self._micro_loss(batch)) * batch[:, 1:].numel()  # eager: a rare, odd-shaped call
         return total / count
 
     # --- state ----------------------------------------------------------------------------------
