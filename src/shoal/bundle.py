@@ -96,7 +96,7 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ShoalError(f"export folder {out_dir} is not empty; choose a new folder")
-    ensure_writable_dir(out_dir.parent if out_dir.parent != Path("") else Path("."))
+    ensure_writable_dir(out_dir.parent)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-export")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -77,10 +77,10 @@ def run_training(cfg: Config, resume: str = "auto", console: Console | None = No
     atomic_write_json(run_dir / "config.json", trainer.cfg.to_dict())
     shutil.copyfile(data.tokenizer_path, run_dir / "tokenizer.json")
     unigram = data.manifest["unigram_entropy_nats"]
-    atomic_write_json(run_dir / "run.json", {**trainer.describe(), "dataset": {
+    d = trainer.describe()
+    atomic_write_json(run_dir / "run.json", {**d, "dataset": {
         "folder": str(data.folder), "fingerprint": data.fingerprint, "tokens": data.manifest["tokens"],
         "unigram_entropy_nats": unigram}})
-    d = trainer.describe()
     console.print(f"model: {d['parameters'] / 1e6:.2f}M parameters, {cfg.train.steps} steps of "
                   f"{cfg.train.batch_tokens:,} tokens on {d['device']} in {d['dtype']}; run folder {run_dir}")
 
