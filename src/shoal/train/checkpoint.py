@@ -43,7 +43,7 @@ def verify(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} has a malformed {MANIFEST_FILE} (no list of files to check)")
     if manifest.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} has format {manifest.get('format')!r}, expected {FORMAT!r}")
-    problem = find_file_problem(path, manifest.get("files", {}))
+    problem = find_file_problem(path, manifest["files"])
     if problem:
         raise CheckpointError(f"checkpoint {path} is corrupt: {problem}")
     return manifest
