@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import get_model_state_dict
 from tokenizers import Tokenizer
 
 from shoal import __version__
@@ -23,7 +24,7 @@ from shoal.data.tokenizer import load_tokenizer
 from shoal.errors import CheckpointError, ShoalError
 from shoal.io import atomic_write_json, describe_files, ensure_writable_dir, find_file_problem
 from shoal.models.transformer import Transformer
-from shoal.train.checkpoint import CheckpointManager
+from shoal.train.checkpoint import CheckpointManager, read_facts
 
 BUNDLE_FORMAT = "shoal.bundle/1"
 BUNDLE_FILES = ["model.safetensors", "tokenizer.json", "config.json"]
@@ -47,18 +48,25 @@ def _model_from_state(model_cfg: ModelConfig, state: dict[str, torch.Tensor]) ->
 
 
 def load_run(run_dir: str | Path) -> LoadedModel:
-    """The newest valid checkpoint of a training run, with the run's tokenizer."""
+    """The newest valid checkpoint of a training run, with the run's tokenizer, as one plain model.
+
+    Checkpoints are sharded by whatever layout trained them; loading into an unsharded model consolidates them.
+    """
     run_dir = Path(run_dir)
     checkpoints = CheckpointManager(run_dir / "checkpoints")
     path = checkpoints.latest_valid()
     if path is None:
         raise CheckpointError(f"run {run_dir} has no checkpoint yet; train it first (shoal train)")
-    state = checkpoints.load(path, like=dict.fromkeys(["model", "config", "step", "dataset_fingerprint"]))
-    cfg = config_from_dict(state["config"])
-    model = _model_from_state(cfg.model, state["model"])
+    facts = read_facts(path).get("trainer")
+    if not isinstance(facts, dict) or not {"config", "step", "dataset_fingerprint"} <= set(facts):
+        raise CheckpointError(f"checkpoint {path} has no trainer facts (config, step); it was not written by shoal train")
+    cfg = config_from_dict(facts["config"])
+    model = Transformer(cfg.model)
+    weights = checkpoints.load(path, like={"model": get_model_state_dict(model)})["model"]
+    model = _model_from_state(cfg.model, weights)
     tokenizer = load_tokenizer(run_dir / "tokenizer.json")
-    return LoadedModel(model, tokenizer, {"source": str(run_dir), "checkpoint": str(path), "step": state["step"],
-                                          "dataset_fingerprint": state["dataset_fingerprint"], "config": cfg.to_dict()})
+    return LoadedModel(model, tokenizer, {"source": str(run_dir), "checkpoint": str(path), "step": facts["step"],
+                                          "dataset_fingerprint": facts["dataset_fingerprint"], "config": cfg.to_dict()})
 
 
 def load_bundle(path: str | Path) -> LoadedModel:

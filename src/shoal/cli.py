@@ -29,19 +29,35 @@ def _load(config: str, overrides: list[str] | None):
 @app.command()
 def train(config: ConfigOption = "tiny", overrides: SetOption = None,
           resume: Annotated[str, typer.Option(help="auto (newest valid checkpoint), none, or a checkpoint folder.")] = "auto",
-          run_name: Annotated[str | None, typer.Option(help="Run folder name under train.out_dir.")] = None) -> None:
+          run_name: Annotated[str | None, typer.Option(help="Run folder name under train.out_dir.")] = None,
+          nproc: Annotated[int, typer.Option(help="Processes on this node (one per GPU); > 1 launches torchrun.")] = 1,
+          nnodes: Annotated[int, typer.Option(help="Nodes taking part (multi-node needs --rdzv).")] = 1,
+          node_rank: Annotated[int, typer.Option(help="This node's index, 0 .. nnodes - 1.")] = 0,
+          rdzv: Annotated[str, typer.Option(help="HOST:PORT where the nodes meet (c10d rendezvous), same on all nodes.")] = "",
+          rdzv_id: Annotated[str, typer.Option(help="Name of this job at the rendezvous, same on all nodes.")] = "shoal",
+          max_restarts: Annotated[int, typer.Option(help="Restart the group up to K times after a failure, "
+                                                          "resuming from the last checkpoint.")] = 0) -> None:
     """Train a model; Ctrl-C or SIGTERM saves a checkpoint before stopping."""
     from rich.console import Console
 
+    from shoal.parallel.group import launched_by_torchrun, process_info
+    from shoal.parallel.launch import LaunchSpec, exec_torchrun
     from shoal.train.run import run_training
 
-    cfg = _load(config, (overrides or []) + ([f"train.run_name={json.dumps(run_name)}"] if run_name else []))
-    console = Console(stderr=True)
+    all_overrides = (overrides or []) + ([f"train.run_name={json.dumps(run_name)}"] if run_name else [])
+    cfg = _load(config, all_overrides)  # refuse a bad config here, before any process is started
+    spec = LaunchSpec(nproc, nnodes, node_rank, rdzv, rdzv_id, max_restarts)
+    if spec.needed and not launched_by_torchrun():
+        exec_torchrun(spec, ["train", "--config", config, "--resume", resume,
+                             *[arg for o in all_overrides for arg in ("--set", o)]])
+    console = Console(stderr=True, quiet=not process_info().is_main)  # rank 0 speaks for the run
     summary = run_training(cfg, resume=resume, console=console)
     if summary["status"] == "interrupted":
         console.print(f"interrupted at step {summary['step']}; checkpoint saved in {summary['checkpoint']}; "
                       "run the same command to resume")
         raise typer.Exit(128 + summary["signal"])
+    if not process_info().is_main:
+        return
     val = summary["val_loss"]
     console.print(f"done: step {summary['step']}, validation loss {val:.4f} nats/token (unigram entropy "
                   f"{summary['unigram_entropy_nats']:.4f}); outputs in {summary['run_dir']}" if val is not None

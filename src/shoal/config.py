@@ -75,6 +75,7 @@ class TrainConfig:
     eval_batches: int = 8
     checkpoint_every: int = 200
     keep_checkpoints: int = 3
+    async_checkpoint: bool = False  # write checkpoints in the background while training goes on
     max_bad_steps: int = 5  # consecutive non-finite losses before training stops
     out_dir: str = "runs"
     run_name: str = ""  # empty: the preset's name
@@ -82,9 +83,11 @@ class TrainConfig:
 
 @dataclass
 class ParallelConfig:
-    dp_replicate: int = 1
-    dp_shard: int = 1
-    tp: int = 1
+    dp_replicate: int = 1  # replicas of the model (HSDP's outer dimension, or plain data parallel)
+    dp_shard: int = -1  # FSDP shard group size; -1: every process that dp_replicate and tp leave
+    tp: int = 1  # tensor parallel ranks per model replica
+    activation_checkpoint: str = "none"  # none | block | selective: trade recomputation for activation memory
+    timeout_s: float = 600.0  # a collective waiting longer than this fails with an error naming the rank
 
 
 @dataclass
@@ -228,8 +231,7 @@ def validate(cfg: Config) -> None:
                        ("train.eval_every", t.eval_every), ("train.checkpoint_every", t.checkpoint_every),
                        ("train.keep_checkpoints", t.keep_checkpoints), ("train.max_bad_steps", t.max_bad_steps),
                        ("data.vocab_size", d.vocab_size), ("data.shard_tokens", d.shard_tokens),
-                       ("parallel.dp_replicate", p.dp_replicate), ("parallel.dp_shard", p.dp_shard),
-                       ("parallel.tp", p.tp), ("logging.log_every", cfg.logging.log_every)]:
+                       ("parallel.dp_replicate", p.dp_replicate), ("parallel.tp", p.tp), ("logging.log_every", cfg.logging.log_every)]:
         _require(value > 0, f"config key '{key}' must be a positive integer, got {value}")
     _require(m.d_model % m.n_heads == 0,
              f"config key 'model.n_heads' ({m.n_heads}) must divide model.d_model ({m.d_model})")
@@ -262,4 +264,9 @@ def validate(cfg: Config) -> None:
     _require(t.weight_decay >= 0 and t.grad_clip >= 0, "config keys 'train.weight_decay' and 'train.grad_clip' must be >= 0")
     _require(t.dtype in ("auto", "bf16", "fp32"), f"config key 'train.dtype' must be auto, bf16 or fp32, got '{t.dtype}'")
     _require(t.device in ("auto", "cpu", "cuda"), f"config key 'train.device' must be auto, cpu or cuda, got '{t.device}'")
+    _require(p.dp_shard == -1 or p.dp_shard > 0, f"config key 'parallel.dp_shard' must be a positive integer or -1 "
+             f"(all remaining processes), got {p.dp_shard}")
+    _require(p.activation_checkpoint in ("none", "block", "selective"), "config key 'parallel.activation_checkpoint' "
+             f"must be none, block or selective, got '{p.activation_checkpoint}'")
+    _require(p.timeout_s > 0, f"config key 'parallel.timeout_s' must be > 0, got {p.timeout_s}")
     _require(t.eval_batches >= 0, f"config key 'train.eval_batches' must be >= 0, got {t.eval_batches}")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import resource
+import sys
 import time
 from pathlib import Path
 
@@ -82,3 +84,11 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
                 return (flops if dtype == torch.bfloat16 else flops / 2), f"datasheet {name}"
     flops = measured_matmul_flops(device.type, dtype)
     return flops, f"measured {str(dtype).removeprefix('torch.')} matmul on {device.type}"
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak memory of this process so far: allocated GPU memory on CUDA, resident set size (RSS) on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024  # macOS reports bytes, Linux KiB

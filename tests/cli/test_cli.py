@@ -83,12 +83,12 @@ def test_corrupt_checkpoint_given_explicitly(trained_run, shared_root, tmp_path)
     copy.mkdir()
     for f in newest.iterdir():
         (copy / f.name).write_bytes(f.read_bytes())
-    state = copy / "state.pt"
+    state = copy / "__0_0.distcp"
     state.write_bytes(state.read_bytes()[:-10])
     before = snapshot(copy)
     result = shoal("train", "--resume", str(copy),
                    *sets(small_overrides(shared_root) + [f'train.out_dir="{tmp_path / "runs"}"']))
-    assert_one_line_error(result, "corrupt", "state.pt")
+    assert_one_line_error(result, "corrupt", "__0_0.distcp")
     assert snapshot(copy) == before
 
 

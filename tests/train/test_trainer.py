@@ -144,7 +144,7 @@ def test_resume_past_a_corrupt_checkpoint_sets_newer_ones_aside(small_config):
     small_config.train.checkpoint_every = 2
     run_dir = Path(run_training(small_config)["run_dir"])
     checkpoints = run_dir / "checkpoints"
-    newest = checkpoints / "step_00000008" / "state.pt"
+    newest = checkpoints / "step_00000008" / "__0_0.distcp"
     corrupt = newest.read_bytes()[:-1]
     newest.write_bytes(corrupt)
     small_config.train.steps = 12
@@ -153,5 +153,5 @@ def test_resume_past_a_corrupt_checkpoint_sets_newer_ones_aside(small_config):
     assert sorted(p.name for p in checkpoints.iterdir() if "superseded" not in p.name) == [
         "step_00000008", "step_00000010", "step_00000012"]
     aside = [p for p in checkpoints.iterdir() if p.name.startswith("step_00000008.superseded-")]
-    assert len(aside) == 1 and (aside[0] / "state.pt").read_bytes() == corrupt  # kept as it was, for inspection
+    assert len(aside) == 1 and (aside[0] / "__0_0.distcp").read_bytes() == corrupt  # kept as it was, for inspection
     assert sorted(step_losses(run_dir)) == list(range(1, 13))

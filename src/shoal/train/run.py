@@ -13,8 +13,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from shoal.config import Config
 from shoal.data.prepare import prepare_dataset
 from shoal.errors import CheckpointError
+from shoal.hardware import peak_memory_bytes, pick_device
 from shoal.io import atomic_write_json, check_can_create_dir, ensure_writable_dir
-from shoal.train.checkpoint import CheckpointManager
+from shoal.parallel.group import (ProcessInfo, barrier, collective_errors, destroy_process_group, gather_floats,
+                                  init_process_group)
+from shoal.train.checkpoint import CheckpointManager, read_facts
 from shoal.train.metrics import MetricsLog, plot_loss, read_metrics
 from shoal.train.trainer import Trainer, summarize_throughput
 
@@ -56,38 +59,66 @@ def live_view(console: Console, total_steps: int, start_step: int, log_every: in
 
 
 def run_training(cfg: Config, resume: str = "auto", console: Console | None = None) -> dict[str, Any]:
-    """Train `cfg` in its run folder; returns the summary that is also written to summary.json."""
-    console = console or Console(stderr=True)
+    """Train `cfg` in its run folder; returns the summary that is also written to summary.json.
+
+    Under torchrun every process calls this: all of them train and write their checkpoint shards; rank 0 alone
+    writes the run folder's other files and talks to the terminal.
+    """
+    info = init_process_group(pick_device(cfg.train.device), cfg.parallel.timeout_s)
+    try:
+        with collective_errors(cfg.parallel.timeout_s):
+            return _run(cfg, info, resume, console or Console(stderr=True, quiet=not info.is_main))
+    finally:
+        destroy_process_group()
+
+
+def _run(cfg: Config, info: ProcessInfo, resume: str, console: Console) -> dict[str, Any]:
     # Every refusal comes before anything is written: the run folder is made only once the data is ready.
     check_can_create_dir(cfg.run_dir)
-    checkpoints = CheckpointManager(cfg.run_dir / "checkpoints", cfg.train.keep_checkpoints, warn=console.print)
+    checkpoints = CheckpointManager(cfg.run_dir / "checkpoints", cfg.train.keep_checkpoints, warn=console.print,
+                                    async_save=cfg.train.async_checkpoint)
+    if info.restart > 0:  # torchrun restarted the group after a failure: go on from the last checkpoint
+        console.print(f"elastic restart {info.restart}: resuming from the newest valid checkpoint")
+        resume = "auto"
     start_from = resume_path(resume, checkpoints)
 
-    data = prepare_dataset(cfg.data, progress=cfg.logging.progress)
+    # One process per node prepares the data; the others then find it in the cache (preparing is atomic, so
+    # nodes that share a file system cannot clash either).
+    if info.local_rank == 0:
+        data = prepare_dataset(cfg.data, progress=cfg.logging.progress and info.is_main)
+    barrier()
+    if info.local_rank != 0:
+        data = prepare_dataset(cfg.data, progress=False)
     seq_len = cfg.train.seq_len
     trainer = Trainer(cfg, data.windows("train", seq_len), data.windows("val", seq_len),
                       data.manifest["vocab_size"], data.fingerprint)
     if start_from is not None:
+        trainer.check_resumable(read_facts(start_from)["trainer"])  # a clear refusal before any tensor is read
         trainer.load_state_dict(checkpoints.load(start_from, like=trainer.state_dict()))
         console.print(f"resumed from {start_from} (step {trainer.step})")
         for path in checkpoints.set_aside_after(trainer.step):
             console.print(f"set aside newer checkpoint {path.name}: training goes on from step {trainer.step}")
     run_dir = ensure_writable_dir(cfg.run_dir)
 
-    atomic_write_json(run_dir / "config.json", trainer.cfg.to_dict())
-    shutil.copyfile(data.tokenizer_path, run_dir / "tokenizer.json")
     unigram = data.manifest["unigram_entropy_nats"]
     d = trainer.describe()
-    atomic_write_json(run_dir / "run.json", {**d, "dataset": {
-        "folder": str(data.folder), "fingerprint": data.fingerprint, "tokens": data.manifest["tokens"],
-        "unigram_entropy_nats": unigram}})
+    if info.is_main:
+        atomic_write_json(run_dir / "config.json", trainer.cfg.to_dict())
+        shutil.copyfile(data.tokenizer_path, run_dir / "tokenizer.json")
+        atomic_write_json(run_dir / "run.json", {**d, "dataset": {
+            "folder": str(data.folder), "fingerprint": data.fingerprint, "tokens": data.manifest["tokens"],
+            "unigram_entropy_nats": unigram}})
+    where = f"{d['world_size']} processes ({d['layout']}) on {d['device'].split(':')[0]}" if d["world_size"] > 1 \
+        else d["device"]
     console.print(f"model: {d['parameters'] / 1e6:.2f}M parameters, {cfg.train.steps} steps of "
-                  f"{cfg.train.batch_tokens:,} tokens on {d['device']} in {d['dtype']}; run folder {run_dir}")
+                  f"{cfg.train.batch_tokens:,} tokens on {where} in {d['dtype']}; run folder {run_dir}")
 
-    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=trainer.step if start_from else None)
+    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=trainer.step if start_from else None) \
+        if info.is_main else None
 
     def on_step(record: dict[str, Any]) -> None:
-        metrics.write(record)
+        if metrics is not None:
+            metrics.write(record)
         if "val_loss" in record:
             console.print(f"step {record['step']}: validation loss {record['val_loss']:.4f}")
 
@@ -96,22 +127,28 @@ def run_training(cfg: Config, resume: str = "auto", console: Console | None = No
         if trainer.step >= cfg.train.steps:
             console.print(f"run already complete at step {trainer.step}; raise train.steps to train further")
         else:
-            with live_view(console, cfg.train.steps, trainer.step, cfg.logging.log_every, cfg.logging.progress) as view:
+            with live_view(console, cfg.train.steps, trainer.step, cfg.logging.log_every,
+                           cfg.logging.progress and info.is_main) as view:
                 status = trainer.fit(on_step, lambda: checkpoints.save(trainer.step, trainer.state_dict()), view)
+        checkpoints.wait()
     finally:
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
 
-    records = read_metrics(run_dir / "metrics.jsonl")
-    val = [r["val_loss"] for r in records if "val_loss" in r]
-    train = [r["loss"] for r in records if r.get("loss") is not None]
-    summary = {"status": status, "step": trainer.step, "run_dir": str(run_dir),
-               "train_loss": train[-1] if train else None, "val_loss": val[-1] if val else None,
-               "unigram_entropy_nats": unigram, **summarize_throughput(records),
+    peak_memory = gather_floats(float(peak_memory_bytes(trainer.device)))
+    summary = {"status": status, "step": trainer.step, "run_dir": str(run_dir), "world_size": d["world_size"],
+               "layout": d["layout"], "peak_memory_bytes_per_rank": [int(m) for m in peak_memory],
                "checkpoint": str(checkpoints.step_dirs()[-1]) if checkpoints.step_dirs() else None}
-    if cfg.logging.plot:
-        plot = plot_loss(run_dir / "metrics.jsonl", run_dir / "loss.png", reference=unigram)
-        summary["plot"] = str(plot) if plot else None
-    atomic_write_json(run_dir / "summary.json", summary)
+    if info.is_main:
+        records = read_metrics(run_dir / "metrics.jsonl")
+        val = [r["val_loss"] for r in records if "val_loss" in r]
+        train = [r["loss"] for r in records if r.get("loss") is not None]
+        summary.update(train_loss=train[-1] if train else None, val_loss=val[-1] if val else None,
+                       unigram_entropy_nats=unigram, **summarize_throughput(records))
+        if cfg.logging.plot:
+            plot = plot_loss(run_dir / "metrics.jsonl", run_dir / "loss.png", reference=unigram)
+            summary["plot"] = str(plot) if plot else None
+        atomic_write_json(run_dir / "summary.json", summary)
     if status == "interrupted":
         summary["signal"] = trainer.stop_signal
     return summary

@@ -18,13 +18,18 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.tensor import DTensor
 
 from shoal.config import Config
 from shoal.data.loader import DataLoader, validation_batches
 from shoal.data.shards import TokenWindows
 from shoal.errors import CheckpointError, ConfigError, TrainingError
-from shoal.hardware import peak_flops, pick_device, pick_dtype
+from shoal.hardware import peak_flops, peak_memory_bytes, pick_device, pick_dtype
 from shoal.models.transformer import Transformer, resolve_model_config
+from shoal.parallel.apply import parallelize
+from shoal.parallel.group import all_reduce_mean, init_process_group, process_info
+from shoal.parallel.mesh import build_mesh, check_layout_fits, dp_rank, resolve_layout
 from shoal.train.optim import build_optimizer, lr_at, set_lr
 
 
@@ -41,34 +46,46 @@ class Trainer:
     def __init__(self, cfg: Config, train_windows: TokenWindows, val_windows: TokenWindows | None,
                  vocab_size: int, dataset_fingerprint: str = ""):
         t, p = cfg.train, cfg.parallel
-        world = p.dp_replicate * p.dp_shard * p.tp
-        if world != 1:
-            raise ConfigError(f"the [parallel] layout needs {world} processes (dp_replicate * dp_shard * tp) "
-                              "but this run has 1; set them to 1")
         if 0 < cfg.model.vocab_size < vocab_size:
             raise ConfigError(f"config key 'model.vocab_size' ({cfg.model.vocab_size}) is below the tokenizer's "
                               f"{vocab_size} tokens; set it to 0 (automatic) or at least {vocab_size}")
         self.cfg = replace(cfg, model=resolve_model_config(cfg.model, vocab_size))
+        self.process = process_info()
+        self.layout = resolve_layout(p, self.process.world_size)
+        self.global_batch = t.batch_tokens // t.seq_len
+        check_layout_fits(self.layout, self.cfg.model, t.seq_len, self.global_batch, t.micro_batch_size)
         self.device = pick_device(t.device)
-        self.dtype = pick_dtype(t.dtype, self.device)
         if self.device.type == "cuda":
+            self.device = torch.device("cuda", self.process.local_rank)  # one GPU per process
             torch.set_float32_matmul_precision("high")  # fp32 matmuls on TF32 tensor cores, as the MFU peak assumes
+        self.dtype = pick_dtype(t.dtype, self.device)
+        init_process_group(self.device, p.timeout_s)
+        self.mesh = build_mesh(self.layout, self.device)
         self.dataset_fingerprint = dataset_fingerprint
 
+        # Every rank builds the same full model from the seed; the layout then keeps only each rank's share.
         torch.manual_seed(t.seed)
         self.model = Transformer(self.cfg.model).to(self.device)
-        # Compiling the loss with the model lets the compiler fuse the fp32 upcast of the logits into the loss.
-        self.micro_loss = torch.compile(self._micro_loss) if t.compile else self._micro_loss
+        self.flops_per_token = self.model.flops_per_token(t.seq_len)
+        self.num_params = (self.model.num_params(), self.model.num_params(non_embedding=True))
+        distributed = self.layout.world_size > 1
+        parallelize(self.model, self.layout, self.mesh, activation_checkpoint=p.activation_checkpoint,
+                    compile_blocks=t.compile and distributed,
+                    param_dtype=self.dtype if self.device.type == "cuda" and self.dtype != torch.float32 else None)
+        # One process compiles the loss with the whole model, which lets the compiler fuse the fp32 upcast of the
+        # logits into the loss; distributed layouts compile per block (above), between FSDP's communication hooks.
+        self.micro_loss = torch.compile(self._micro_loss) if t.compile and not distributed else self._micro_loss
         self.optimizer = build_optimizer(self.model, t)
-        self.global_batch = t.batch_tokens // t.seq_len
-        self.micro_steps = self.global_batch // t.micro_batch_size
-        self.loader = DataLoader(train_windows, self.global_batch, t.seed)
+        self.local_batch = self.global_batch // self.layout.dp
+        self.micro_batch = min(t.micro_batch_size, self.local_batch)
+        self.micro_steps = self.local_batch // self.micro_batch
+        self.loader = DataLoader(train_windows, self.global_batch, t.seed, dp_rank(self.mesh), self.layout.dp)
         self.val_batches = validation_batches(val_windows, t.micro_batch_size, t.eval_batches) if val_windows else []
         self.step = 0  # optimizer steps done (skipped non-finite steps included: their batch is consumed)
         self.bad_steps = 0
-        self.flops_per_token = self.model.flops_per_token(t.seq_len)
         self.peak_flops, self.peak_source = peak_flops(self.device, self.dtype)
-        self.stop_signal: int | None = None
+        self.stop_signal: int | None = None  # the signal that asked this run to stop (agreed by all ranks)
+        self._signal_seen: int | None = None  # set by this process's handler at any moment
 
     # --- one step -------------------------------------------------------------------------------
 
@@ -91,19 +108,25 @@ class Trainer:
         self.model.train()
         batch = self.loader.batch(self.step).to(self.device, non_blocking=True)
         loss_sum = torch.zeros((), device=self.device)
-        for micro in batch.split(t.micro_batch_size):
+        for micro in batch.split(self.micro_batch):
             loss = self.micro_loss(micro)
             (loss / self.micro_steps).backward()
             loss_sum += loss.detach()
-        clip = t.grad_clip if t.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        stats = torch.stack([loss_sum / self.micro_steps, grad_norm.float()])
+        # One all-reduce carries the loss and any stop request. The mean over ranks is the loss of the global batch;
+        # a non-finite loss on any rank makes it non-finite everywhere, so all ranks skip the step together (the
+        # gradient norm is already global); and a signal seen by any rank stops every rank after the same step.
+        shared = all_reduce_mean(torch.stack([loss_sum / self.micro_steps,
+                                              torch.tensor(float(self._signal_seen or 0), device=self.device)]))
+        grad_norm = clip_grad_norm(self.model, t.grad_clip)
+        stats = torch.stack([shared[0], grad_norm.float()])
         # The fused optimizer skips a non-finite step on the device (the mechanism GradScaler uses), so the host
         # launches the update without first waiting for the GPU to finish the backward pass.
         self.optimizer.found_inf = (~stats.isfinite().all()).float()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         loss_value, grad_norm = stats.tolist()
+        if shared[1] > 0 and self.stop_signal is None:
+            self.stop_signal = self._signal_seen or signal.SIGTERM  # another rank got it (torchrun sends SIGTERM)
         skipped = not (math.isfinite(loss_value) and math.isfinite(grad_norm))
         self.step += 1
         self.bad_steps = self.bad_steps + 1 if skipped else 0
@@ -128,28 +151,38 @@ class Trainer:
     # --- state ----------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
+        """Model and optimizer as (possibly sharded) tensors keyed by parameter name, RNG, and the run's facts.
+
+        Parameter names are the same under every layout, which is what lets a checkpoint load at another one.
+        """
+        model_state, optimizer_state = get_state_dict(self.model, self.optimizer)
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "loader": self.loader.state_dict(self.step), "step": self.step, "bad_steps": self.bad_steps,
-                "rng": rng, "config": self.cfg.to_dict(), "dataset_fingerprint": self.dataset_fingerprint}
+        return {"model": model_state, "optimizer": optimizer_state, "rng": rng,
+                "trainer": {"step": self.step, "bad_steps": self.bad_steps, "loader": self.loader.state_dict(self.step),
+                            "config": self.cfg.to_dict(), "dataset_fingerprint": self.dataset_fingerprint,
+                            "layout": asdict(self.layout)}}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved_model = state["config"]["model"]
+    def check_resumable(self, facts: dict[str, Any]) -> None:
+        """Raise unless a checkpoint with these facts (its "trainer" entry) continues this run exactly."""
+        saved_model = facts["config"]["model"]
         changed = [f"model.{k}: checkpoint {v!r}, config {getattr(self.cfg.model, k)!r}"
                    for k, v in saved_model.items() if getattr(self.cfg.model, k) != v]
         if changed:
             raise CheckpointError(f"checkpoint was trained with another model shape ({'; '.join(changed)}); "
                                   "use the same [model] settings or start a new run")
-        if state["dataset_fingerprint"] != self.dataset_fingerprint:
-            raise CheckpointError(f"checkpoint was trained on dataset {state['dataset_fingerprint'][:16]}, this run "
+        if facts["dataset_fingerprint"] != self.dataset_fingerprint:
+            raise CheckpointError(f"checkpoint was trained on dataset {facts['dataset_fingerprint'][:16]}, this run "
                                   f"prepares {self.dataset_fingerprint[:16]}; use the same data or start a new run")
-        self.loader.check_state(state["loader"])
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.step = state["step"]
-        self.bad_steps = state["bad_steps"]
+        self.loader.check_state(facts["loader"])
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        facts = state["trainer"]
+        self.check_resumable(facts)
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        self.step = facts["step"]
+        self.bad_steps = facts["bad_steps"]
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
@@ -163,7 +196,7 @@ class Trainer:
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
         def handler(signum, frame):
-            self.stop_signal = signum
+            self._signal_seen = signum
             signal.signal(signum, previous[signum])
 
         for sig in previous:
@@ -178,6 +211,7 @@ class Trainer:
         """
         t = self.cfg.train
         tokens_per_step = self.global_batch * t.seq_len
+        world = self.layout.world_size
         restore_signals = self._catch_stop_signals()
         try:
             while self.step < t.steps:
@@ -186,7 +220,9 @@ class Trainer:
                 record = {"step": self.step, "loss": None if result.skipped else result.loss, "lr": result.lr,
                           "grad_norm": result.grad_norm if math.isfinite(result.grad_norm) else None,
                           "tokens": self.step * tokens_per_step, "tokens_per_second": tokens_per_second,
-                          "mfu": self.flops_per_token * tokens_per_second / self.peak_flops,
+                          "tokens_per_second_per_device": tokens_per_second / world,
+                          "mfu": self.flops_per_token * tokens_per_second / (self.peak_flops * world),
+                          "peak_memory_bytes": peak_memory_bytes(self.device),
                           "step_seconds": result.seconds, "skipped": result.skipped}
                 on_step(record)
                 if progress is not None:
@@ -206,10 +242,23 @@ class Trainer:
 
     def describe(self) -> dict[str, Any]:
         return {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
-                "parameters": self.model.num_params(), "non_embedding_parameters": self.model.num_params(True),
+                "parameters": self.num_params[0], "non_embedding_parameters": self.num_params[1],
+                "layout": self.layout.describe(), "world_size": self.layout.world_size,
                 "flops_per_token": self.flops_per_token, "peak_flops": self.peak_flops, "peak_source": self.peak_source,
                 "global_batch_sequences": self.global_batch, "micro_steps": self.micro_steps,
                 "model": asdict(self.cfg.model)}
+
+
+def clip_grad_norm(model: torch.nn.Module, max_norm: float) -> torch.Tensor:
+    """Total gradient norm over all ranks (sharded DTensor gradients included); scales gradients down to `max_norm`
+    when it is > 0."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+    if isinstance(norm, DTensor):
+        norm = norm.full_tensor()  # the sum of every shard's squares, all-reduced
+    if max_norm > 0:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=True)
+    return norm
 
 
 def summarize_throughput(records: list[dict[str, Any]], skip_first: int = 3) -> dict[str, float]:
