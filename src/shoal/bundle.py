@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch.distributed.checkpoint.state_dict import get_model_state_dict
 from tokenizers import Tokenizer
+from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
 from shoal import __version__
 from shoal.config import ModelConfig, config_from_dict

@@ -231,7 +231,8 @@ def validate(cfg: Config) -> None:
                        ("train.eval_every", t.eval_every), ("train.checkpoint_every", t.checkpoint_every),
                        ("train.keep_checkpoints", t.keep_checkpoints), ("train.max_bad_steps", t.max_bad_steps),
                        ("data.vocab_size", d.vocab_size), ("data.shard_tokens", d.shard_tokens),
-                       ("parallel.dp_replicate", p.dp_replicate), ("parallel.tp", p.tp), ("logging.log_every", cfg.logging.log_every)]:
+                       ("parallel.dp_replicate", p.dp_replicate), ("parallel.tp", p.tp),
+                       ("logging.log_every", cfg.logging.log_every)]:
         _require(value > 0, f"config key '{key}' must be a positive integer, got {value}")
     _require(m.d_model % m.n_heads == 0,
              f"config key 'model.n_heads' ({m.n_heads}) must divide model.d_model ({m.d_model})")

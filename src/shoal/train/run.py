@@ -15,8 +15,7 @@ from shoal.data.prepare import prepare_dataset
 from shoal.errors import CheckpointError
 from shoal.hardware import peak_memory_bytes, pick_device
 from shoal.io import atomic_write_json, check_can_create_dir, ensure_writable_dir
-from shoal.parallel.group import (ProcessInfo, barrier, collective_errors, destroy_process_group, gather_floats,
-                                  init_process_group)
+from shoal.parallel.group import ProcessInfo, barrier, collective_errors, destroy_process_group, gather_floats, init_process_group
 from shoal.train.checkpoint import CheckpointManager, read_facts
 from shoal.train.metrics import MetricsLog, plot_loss, read_metrics
 from shoal.train.trainer import Trainer, summarize_throughput
