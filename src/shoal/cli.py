@@ -50,7 +50,7 @@ def train(config: ConfigOption = "tiny", overrides: SetOption = None,
     if spec.needed and not launched_by_torchrun():
         exec_torchrun(spec, ["train", "--config", config, "--resume", resume,
                              *[arg for o in all_overrides for arg in ("--set", o)]])
-    console = Console(stderr=True, quiet=not process_info().is_main)  # rank 0 speaks for the run
+    console = Console(stderr=True, soft_wrap=True, quiet=not process_info().is_main)  # rank 0 speaks for the run
     summary = run_training(cfg, resume=resume, console=console)
     if summary["status"] == "interrupted":
         console.print(f"interrupted at step {summary['step']}; checkpoint saved in {summary['checkpoint']}; "

@@ -59,7 +59,15 @@ def init_process_group(device: torch.device, timeout_s: float) -> ProcessInfo:
     if device.type == "cuda":
         torch.cuda.set_device(info.local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s),
+    timeout = timedelta(seconds=timeout_s)
+    store = None
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        # Workers share torchrun's key-value store across restarts. Without a prefix per attempt, a restarted worker
+        # can read a dead worker's address from the previous attempt and fail to connect (seen with gloo).
+        store = dist.PrefixStore(f"shoal/attempt_{info.restart}", dist.TCPStore(
+            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), info.world_size, is_master=False, timeout=timeout))
+    dist.init_process_group(backend, timeout=timeout, store=store, rank=info.rank if store else -1,
+                            world_size=info.world_size if store else -1,
                             device_id=torch.device("cuda", info.local_rank) if device.type == "cuda" else None)
     return info
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,8 +67,11 @@ def run_training(cfg: Config, resume: str = "auto", console: Console | None = No
     info = init_process_group(pick_device(cfg.train.device), cfg.parallel.timeout_s)
     try:
         with collective_errors(cfg.parallel.timeout_s):
-            return _run(cfg, info, resume, console or Console(stderr=True, quiet=not info.is_main))
+            return _run(cfg, info, resume, console or Console(stderr=True, soft_wrap=True, quiet=not info.is_main))
     finally:
+        # Free the distributed model now: its modules form reference cycles, and communication work objects still
+        # alive at interpreter shutdown can abort the process (SIGABRT) after a successful run.
+        gc.collect()
         destroy_process_group()
 
 
