@@ -47,6 +47,7 @@ def train(config: ConfigOption = "tiny", overrides: SetOption = None,
     all_overrides = (overrides or []) + ([f"train.run_name={json.dumps(run_name)}"] if run_name else [])
     cfg = _load(config, all_overrides)  # refuse a bad config here, before any process is started
     spec = LaunchSpec(nproc, nnodes, node_rank, rdzv, rdzv_id, max_restarts)
+    spec.validate()
     if spec.needed and not launched_by_torchrun():
         exec_torchrun(spec, ["train", "--config", config, "--resume", resume,
                              *[arg for o in all_overrides for arg in ("--set", o)]])

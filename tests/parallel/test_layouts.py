@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from shoal.config import load_config
+from shoal.train.checkpoint import verify
 from shoal.train.run import run_training
 
 from ..conftest import small_overrides
@@ -27,7 +28,8 @@ LAYOUTS = {
     "tp": (2, ["parallel.tp=2"]),
     "fsdp-tp": (4, ["parallel.dp_shard=2", "parallel.tp=2"]),
     "hsdp-selective-ac": (4, ["parallel.dp_replicate=2", "parallel.dp_shard=2", 'parallel.activation_checkpoint="selective"']),
-    "fsdp-block-ac": (2, ['parallel.activation_checkpoint="block"']),
+    "fsdp-block-ac-async-checkpoint": (2, ['parallel.activation_checkpoint="block"', "train.async_checkpoint=true"]),
+    "fsdp-compiled-blocks": (2, ["train.compile=true"]),
 }
 
 
@@ -42,6 +44,7 @@ def test_layout_matches_the_single_process_losses(name, shared_root, tmp_path, s
     for step, expected in single_process_losses.items():
         assert got[step] == pytest.approx(expected, rel=1e-5), step
     assert f"on {nproc} processes" in result.stderr
+    assert verify(tmp_path / name / "checkpoints" / "step_00000005")["step"] == 5  # complete, checksummed
 
 
 def test_two_nodes_meet_through_c10d_rendezvous(shared_root, tmp_path, single_process_losses):
