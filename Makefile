@@ -26,6 +26,7 @@ test: setup
 
 bench: setup
 	$(PY) bench/train_throughput.py
+	$(PY) bench/scaling.py
 
 lint: setup
 	$(VENV)/bin/ruff check src tests bench

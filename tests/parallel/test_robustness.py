@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from shoal.config import load_config
+from shoal.train.checkpoint import verify
 
 from ..conftest import small_overrides
 from .runs import check, losses, shoal_train, shoal_train_async, torchrun
@@ -71,3 +72,27 @@ def test_a_killed_worker_restarts_the_group_from_the_last_checkpoint(shared_root
     expected, got = losses(tmp_path / "uninterrupted"), losses(tmp_path / "killed")
     assert sorted(got) == list(range(1, 61))
     assert got[60] == pytest.approx(expected[60], rel=1e-6)
+
+
+def test_sigterm_to_the_launcher_checkpoints_every_rank_at_the_same_step(shared_root, tmp_path):
+    """What SLURM does before a time limit: all ranks stop after one step, write one checkpoint, and resume."""
+    extra = ["train.steps=400", "train.checkpoint_every=4", "train.eval_every=1000", f'train.out_dir="{tmp_path}"']
+    process = shoal_train_async(shared_root, "stopped", "--nproc", "2", extra=extra)
+    first = tmp_path / "stopped" / "checkpoints" / "step_00000004"
+    deadline = time.monotonic() + 300
+    while not first.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)  # the launcher is torchrun itself (exec), as under srun
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode != 0
+    checkpoints = sorted((tmp_path / "stopped" / "checkpoints").glob("step_*"))
+    stopped_at = int(checkpoints[-1].name.removeprefix("step_"))
+    assert verify(checkpoints[-1])["step"] == stopped_at < 400
+    assert not list((tmp_path / "stopped" / "checkpoints").glob(".tmp-*"))
+    logged = losses(tmp_path / "stopped")
+    assert max(logged) == stopped_at  # no rank went on past the step it saved
+
+    resumed = shoal_train(shared_root, "stopped", "--nproc", "2", extra=[*extra, f"train.steps={stopped_at + 2}"])
+    check(resumed)
+    assert f"(step {stopped_at})" in resumed.stderr
+    assert sorted(losses(tmp_path / "stopped")) == list(range(1, stopped_at + 3))

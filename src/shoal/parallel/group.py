@@ -6,6 +6,7 @@ trains on a laptop and on many nodes.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -73,6 +74,10 @@ def init_process_group(device: torch.device, timeout_s: float) -> ProcessInfo:
 
 
 def destroy_process_group() -> None:
+    """Leave the group. Call it once the distributed model is no longer referenced: the collection first frees that
+    model (its modules form reference cycles) while the group is alive, because communication work objects still
+    holding tensors at interpreter shutdown can abort the process (SIGABRT) after a successful run."""
+    gc.collect()
     if dist.is_initialized():
         dist.destroy_process_group()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -69,10 +68,7 @@ def run_training(cfg: Config, resume: str = "auto", console: Console | None = No
         with collective_errors(cfg.parallel.timeout_s):
             return _run(cfg, info, resume, console or Console(stderr=True, soft_wrap=True, quiet=not info.is_main))
     finally:
-        # Free the distributed model now: its modules form reference cycles, and communication work objects still
-        # alive at interpreter shutdown can abort the process (SIGABRT) after a successful run.
-        gc.collect()
-        destroy_process_group()
+        destroy_process_group()  # the trainer of _run is unreachable by now, so this frees it first
 
 
 def _run(cfg: Config, info: ProcessInfo, resume: str, console: Console) -> dict[str, Any]:

@@ -156,9 +156,9 @@ class Trainer:
         Parameter names are the same under every layout, which is what lets a checkpoint load at another one.
         """
         model_state, optimizer_state = get_state_dict(self.model, self.optimizer)
+        # The CPU generator only: training draws no random numbers on the GPU, and a checkpoint must also load on a
+        # machine without one.
         rng = {"torch": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {"model": model_state, "optimizer": optimizer_state, "rng": rng,
                 "trainer": {"step": self.step, "bad_steps": self.bad_steps, "loader": self.loader.state_dict(self.step),
                             "config": self.cfg.to_dict(), "dataset_fingerprint": self.dataset_fingerprint,
@@ -184,8 +184,6 @@ class Trainer:
         self.step = facts["step"]
         self.bad_steps = facts["bad_steps"]
         torch.set_rng_state(state["rng"]["torch"])
-        if "cuda" in state["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
 
     # --- the loop -------------------------------------------------------------------------------
 

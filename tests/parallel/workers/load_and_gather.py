@@ -33,4 +33,5 @@ if process_info().is_main:
     tied = trainer.cfg.model.tie_embeddings
     save_file({k: v.contiguous() for k, v in weights.items() if not (tied and k == "output.weight")}, out,
               metadata={"next_loss": repr(loss), "step": str(trainer.step), "layout": trainer.layout.describe()})
+del trainer  # freed before the group goes (see destroy_process_group)
 destroy_process_group()

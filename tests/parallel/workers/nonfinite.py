@@ -28,4 +28,5 @@ after = trainer.model.state_dict()
 unchanged = all(torch.equal(before[k].nan_to_num(), v.to_local().nan_to_num()) for k, v in after.items())
 print(json.dumps({"rank": rank, "skipped": result.skipped, "loss": repr(result.loss), "unchanged": unchanged,
                   "step": trainer.step, "bad_steps": trainer.bad_steps}))
+del trainer  # freed before the group goes (see destroy_process_group)
 destroy_process_group()
