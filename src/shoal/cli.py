@@ -42,13 +42,19 @@ def train(config: ConfigOption = "tiny", overrides: SetOption = None,
 
     from shoal.parallel.group import launched_by_torchrun, process_info
     from shoal.parallel.launch import LaunchSpec, exec_torchrun
-    from shoal.train.run import run_training
+    from shoal.parallel.mesh import resolve_layout
+    from shoal.train.checkpoint import CheckpointManager
+    from shoal.train.run import resume_path, run_training
 
     all_overrides = (overrides or []) + ([f"train.run_name={json.dumps(run_name)}"] if run_name else [])
     cfg = _load(config, all_overrides)  # refuse a bad config here, before any process is started
     spec = LaunchSpec(nproc, nnodes, node_rank, rdzv, rdzv_id, max_restarts)
     spec.validate()
     if spec.needed and not launched_by_torchrun():
+        # What would stop every worker alike is refused here, before any process starts.
+        resolve_layout(cfg.parallel, spec.nproc * spec.nnodes)
+        if resume == "none":  # (a restart would otherwise turn it into "auto")
+            resume_path(resume, CheckpointManager(cfg.run_dir / "checkpoints"))
         exec_torchrun(spec, ["train", "--config", config, "--resume", resume,
                              *[arg for o in all_overrides for arg in ("--set", o)]])
     console = Console(stderr=True, soft_wrap=True, quiet=not process_info().is_main)  # rank 0 speaks for the run
@@ -56,7 +62,9 @@ def train(config: ConfigOption = "tiny", overrides: SetOption = None,
     if summary["status"] == "interrupted":
         console.print(f"interrupted at step {summary['step']}; checkpoint saved in {summary['checkpoint']}; "
                       "run the same command to resume")
-        raise typer.Exit(128 + summary["signal"])
+        # Under torchrun a worker that stopped as asked exits 0: a failure code would make torchrun restart the
+        # group (--max-restarts) and train on. torchrun itself exits non-zero when it was the one signalled.
+        raise typer.Exit(0 if launched_by_torchrun() else 128 + summary["signal"])
     if not process_info().is_main:
         return
     val = summary["val_loss"]

@@ -63,6 +63,7 @@ def test_launch_arguments():
     (["--nnodes", "2", "--node-rank", "2", "--rdzv", "h:1"], ["--node-rank must be in 0..1"]),
     (["--set", "parallel.dp_shard=0"], ["parallel.dp_shard"]),
     (["--set", 'parallel.activation_checkpoint="some"'], ["activation_checkpoint"]),
+    (["--nproc", "2", "--set", "parallel.dp_shard=4"], ["needs 4 processes but this run has 2"]),
 ])
 def test_bad_launch_options_are_one_line_errors(args, words, tmp_path, shared_root):
     result = shoal("train", *sets(small_overrides(shared_root)), "--set", f'train.out_dir="{tmp_path}"', *args,

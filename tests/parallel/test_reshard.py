@@ -36,19 +36,21 @@ def test_fsdp_checkpoint_loads_under_other_layouts_and_one_process(fsdp_run, tmp
     for nproc, layout in [(4, ["parallel.dp_shard=4"]), (4, ["parallel.dp_shard=2", "parallel.tp=2"]),
                           (2, ["parallel.dp_shard=2"])]:
         out = tmp_path / f"{nproc}-{'-'.join(layout)}.safetensors"
-        check(torchrun(nproc, "load_and_gather.py", str(fsdp_run), str(checkpoint), str(out), *layout))
+        # train.steps=6 as in the single-process continuation below: the learning-rate schedule depends on it.
+        check(torchrun(nproc, "load_and_gather.py", str(fsdp_run), str(checkpoint), str(out), "train.steps=6", *layout))
         weights, meta = gathered(out)
         assert weights.keys() == reference.keys()
         for name, tensor in reference.items():
             assert torch.equal(weights[name], tensor), (layout, name)
-        assert meta["step"] == "5"
+        assert meta["step"] == "6"
         next_losses[meta["layout"]] = float(meta["next_loss"])
 
-    # Going on from the checkpoint in one process gives the same step-5 loss as going on in 2 or 4.
+    # Going on from the checkpoint in one process gives the same step-6 loss as going on in 2 or 4: the weights and
+    # the optimizer's moments were resharded alike.
     single = fsdp_run.parent / "single"
     shutil.copytree(fsdp_run, single)
-    check(shoal_train(fsdp_run.parents[1], "single", extra=["train.steps=5", f'train.out_dir="{fsdp_run.parent}"']))
-    single_loss = losses(single)[5]
+    check(shoal_train(fsdp_run.parents[1], "single", extra=["train.steps=6", f'train.out_dir="{fsdp_run.parent}"']))
+    single_loss = losses(single)[6]
     for layout, loss in next_losses.items():
         assert loss == pytest.approx(single_loss, rel=1e-5), layout
 

@@ -82,7 +82,10 @@ def test_sigterm_to_the_launcher_checkpoints_every_rank_at_the_same_step(shared_
     deadline = time.monotonic() + 300
     while not first.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    process.send_signal(signal.SIGTERM)  # the launcher is torchrun itself (exec), as under srun
+    # As slurmstepd does: every process of the step gets SIGTERM, torchrun (the launcher exec'd into it) and each
+    # worker, which then gets it a second time when torchrun forwards it.
+    for pid in [process.pid, *descendants(process.pid)]:
+        os.kill(pid, signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode != 0
     checkpoints = sorted((tmp_path / "stopped" / "checkpoints").glob("step_*"))

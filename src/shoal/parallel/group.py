@@ -6,17 +6,21 @@ trains on a laptop and on many nodes.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from shoal.errors import TrainingError
+from shoal.errors import ShoalError, TrainingError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -60,17 +64,42 @@ def init_process_group(device: torch.device, timeout_s: float) -> ProcessInfo:
     if device.type == "cuda":
         torch.cuda.set_device(info.local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    timeout = timedelta(seconds=timeout_s)
-    store = None
-    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
-        # Workers share torchrun's key-value store across restarts. Without a prefix per attempt, a restarted worker
-        # can read a dead worker's address from the previous attempt and fail to connect (seen with gloo).
-        store = dist.PrefixStore(f"shoal/attempt_{info.restart}", dist.TCPStore(
-            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), info.world_size, is_master=False, timeout=timeout))
-    dist.init_process_group(backend, timeout=timeout, store=store, rank=info.rank if store else -1,
-                            world_size=info.world_size if store else -1,
+    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s),
                             device_id=torch.device("cuda", info.local_rank) if device.type == "cuda" else None)
-    return info
+    # Restart counts are kept per node (only the node whose worker failed counts a restart), so agree on the largest.
+    restart = torch.tensor([info.restart], device=device)
+    dist.all_reduce(restart, op=dist.ReduceOp.MAX)
+    return dataclasses.replace(info, restart=int(restart.item()))
+
+
+def agree(decide: Callable[[], T]) -> T:
+    """Rank 0 calls `decide`; every rank gets its result, or raises the same ShoalError it raised.
+
+    For decisions read from shared files (which checkpoint to resume from): one rank reads them, so ranks cannot
+    see different states of a network file system, and an error stops every rank instead of leaving the others
+    waiting in their next collective.
+    """
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return decide()
+    message: list[Any] = [None]
+    if dist.get_rank() == 0:
+        try:
+            message = [("ok", decide())]
+        except ShoalError as e:
+            message = [("error", type(e), str(e))]
+    dist.broadcast_object_list(message, src=0)
+    if message[0][0] == "error":
+        raise message[0][1](message[0][2])
+    return message[0][1]
+
+
+def gather_to_main(value: Any) -> list[Any] | None:
+    """Every rank's `value`, in rank order, on rank 0 (None elsewhere)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [value]
+    out = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(value, out, dst=0)
+    return out
 
 
 def destroy_process_group() -> None:

@@ -53,11 +53,18 @@ def torchrun_args(spec: LaunchSpec) -> list[str]:
 
 
 def worker_env(spec: LaunchSpec) -> dict[str, str]:
-    """The environment for torchrun: CPU threads shared out between the processes of this node."""
+    """The environment for torchrun."""
     env = dict(os.environ)
     if "OMP_NUM_THREADS" not in env:
-        # torchrun would set 1 thread per process; on a CPU-only node that leaves most cores idle.
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // spec.nproc))
+        # torchrun would set 1 thread per process; on a CPU-only node that leaves most cores idle. The cores this
+        # process may use, not the host's: under SLURM or a container they can be far fewer.
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        env["OMP_NUM_THREADS"] = str(max(1, cores // spec.nproc))
+    # A fresh key-value store for every rendezvous round: with the store shared across rounds, workers restarted
+    # after a failure can read the dead workers' addresses from the previous round and fail to connect.
+    env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
+    # On SIGTERM torchrun gives the workers this long to finish their step and write a checkpoint (default 30 s).
+    env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "120")
     return env
 
 

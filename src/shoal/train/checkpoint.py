@@ -25,10 +25,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 
 from shoal.errors import CheckpointError
 from shoal.io import atomic_write_json, describe_files, ensure_writable_dir, find_file_problem, fsync_dir
-from shoal.parallel.group import barrier, is_main_process
+from shoal.parallel.group import barrier, gather_to_main, is_main_process
 
 FORMAT = "shoal.checkpoint/2"
 FACTS_FILE = "facts.json"
@@ -49,6 +50,9 @@ def verify(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} has no readable {MANIFEST_FILE} (incomplete or corrupt)") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict) or not manifest["files"]:
         raise CheckpointError(f"checkpoint {path} has a malformed {MANIFEST_FILE} (no list of files to check)")
+    if manifest.get("format") == "shoal.checkpoint/1":
+        raise CheckpointError(f"checkpoint {path} was written by an earlier shoal (a single state.pt file); this "
+                              "version reads sharded checkpoints only: start a new run, or export it with that version")
     if manifest.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} has format {manifest.get('format')!r}, expected {FORMAT!r}")
     problem = find_file_problem(path, manifest["files"])
@@ -57,9 +61,11 @@ def verify(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def read_facts(path: Path) -> dict[str, Any]:
-    """The tensor-free entries of a verified checkpoint (step, config, ...), without loading any tensor."""
-    verify(path)
+def read_facts(path: Path, verified: bool = False) -> dict[str, Any]:
+    """The tensor-free entries of a checkpoint (step, config, ...), without loading any tensor; verifies the
+    checkpoint first unless the caller just did."""
+    if not verified:
+        verify(path)
     return json.loads((path / FACTS_FILE).read_text())
 
 
@@ -158,15 +164,21 @@ class CheckpointManager:
         self._finish(step, facts, tmp, final)
 
     def _finish(self, step: int, facts: dict[str, Any], tmp: Path, final: Path) -> None:
+        # Each rank checksums the shard files it wrote (DCP names them __<rank>_<n>.distcp), so hashing a large
+        # checkpoint takes the time of one shard, not of all of them in a row on rank 0.
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        mine = sorted(p.name for p in tmp.glob(f"__{rank}_*.distcp"))
+        for name in mine:  # the shards reach the disk before the manifest that vouches for them
+            with open(tmp / name, "rb+") as f:
+                os.fsync(f.fileno())
+        described = gather_to_main(describe_files(tmp, mine))
         if is_main_process():
             try:
                 atomic_write_json(tmp / FACTS_FILE, facts)
-                names = sorted(p.name for p in tmp.iterdir() if p.is_file())
+                files = {name: info for part in described for name, info in part.items()}
+                files.update(describe_files(tmp, [p.name for p in tmp.iterdir() if p.is_file() and p.name not in files]))
                 manifest = {"format": FORMAT, "step": step, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                            "files": describe_files(tmp, names)}
-                for name in names:  # DCP's shard files reach the disk before the manifest that vouches for them
-                    with open(tmp / name, "rb+") as f:
-                        os.fsync(f.fileno())
+                            "files": dict(sorted(files.items()))}
                 atomic_write_json(tmp / MANIFEST_FILE, manifest)
                 fsync_dir(tmp)
                 if final.exists():  # a checkpoint of this step from an earlier attempt: keep it aside
@@ -194,16 +206,17 @@ class CheckpointManager:
                                   "start a new run with --resume none and another run name")
         return None
 
-    def load(self, path: str | Path, like: dict[str, Any]) -> dict[str, Any]:
+    def load(self, path: str | Path, like: dict[str, Any], verified: bool = False) -> dict[str, Any]:
         """The state saved in `path`, shaped like `like` (the caller's current state, sharded as it wants).
 
         Tensors are loaded into `like`'s tensors in place (DCP reshards them to this layout); the other entries come
-        from facts.json. Every entry of `like` must be in the checkpoint.
+        from facts.json. Every entry of `like` must be in the checkpoint. `verified`: the caller has checked the
+        checksums already (rank 0, for all ranks), so they are not read again.
         """
         path = Path(path)
         if not path.is_dir():
             raise CheckpointError(f"checkpoint {path} does not exist")
-        facts = read_facts(path)
+        facts = read_facts(path, verified)
         tensors, wanted_facts = _split(like)
         missing = sorted(k for k in wanted_facts if k not in facts)
         if missing:
@@ -211,7 +224,7 @@ class CheckpointManager:
         try:
             with _single_process_quiet():
                 dcp.load(tensors, checkpoint_id=path)
-        except Exception as e:  # files that verify but do not match: another model, or not written by shoal
+        except (Exception, CheckpointException) as e:  # files that verify but do not fit: another model, ...
             raise CheckpointError(f"checkpoint {path} does not fit this model: {_reason(e)}") from None
         return {**tensors, **{k: facts[k] for k in wanted_facts}}
 

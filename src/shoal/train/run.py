@@ -15,7 +15,15 @@ from shoal.data.prepare import prepare_dataset
 from shoal.errors import CheckpointError
 from shoal.hardware import peak_memory_bytes, pick_device
 from shoal.io import atomic_write_json, check_can_create_dir, ensure_writable_dir
-from shoal.parallel.group import ProcessInfo, barrier, collective_errors, destroy_process_group, gather_floats, init_process_group
+from shoal.parallel.group import (
+    ProcessInfo,
+    agree,
+    barrier,
+    collective_errors,
+    destroy_process_group,
+    gather_floats,
+    init_process_group,
+)
 from shoal.train.checkpoint import CheckpointManager, read_facts
 from shoal.train.metrics import MetricsLog, plot_loss, read_metrics
 from shoal.train.trainer import Trainer, summarize_throughput
@@ -71,6 +79,11 @@ def run_training(cfg: Config, resume: str = "auto", console: Console | None = No
         destroy_process_group()  # the trainer of _run is unreachable by now, so this frees it first
 
 
+def _resume_point(resume: str, checkpoints: CheckpointManager) -> tuple[Path | None, dict[str, Any] | None]:
+    path = resume_path(resume, checkpoints)
+    return (path, None) if path is None else (path, read_facts(path, verified=resume == "auto"))
+
+
 def _run(cfg: Config, info: ProcessInfo, resume: str, console: Console) -> dict[str, Any]:
     # Every refusal comes before anything is written: the run folder is made only once the data is ready.
     check_can_create_dir(cfg.run_dir)
@@ -79,7 +92,8 @@ def _run(cfg: Config, info: ProcessInfo, resume: str, console: Console) -> dict[
     if info.restart > 0:  # torchrun restarted the group after a failure: go on from the last checkpoint
         console.print(f"elastic restart {info.restart}: resuming from the newest valid checkpoint")
         resume = "auto"
-    start_from = resume_path(resume, checkpoints)
+    # Rank 0 picks (and verifies) the checkpoint and reads its facts; every rank goes on from the same one.
+    start_from, facts = agree(lambda: _resume_point(resume, checkpoints))
 
     # One process per node prepares the data; the others then find it in the cache (preparing is atomic, so
     # nodes that share a file system cannot clash either).
@@ -92,8 +106,8 @@ def _run(cfg: Config, info: ProcessInfo, resume: str, console: Console) -> dict[
     trainer = Trainer(cfg, data.windows("train", seq_len), data.windows("val", seq_len),
                       data.manifest["vocab_size"], data.fingerprint)
     if start_from is not None:
-        trainer.check_resumable(read_facts(start_from)["trainer"])  # a clear refusal before any tensor is read
-        trainer.load_state_dict(checkpoints.load(start_from, like=trainer.state_dict()))
+        trainer.check_resumable(facts["trainer"])  # a clear refusal before any tensor is read
+        trainer.load_state_dict(checkpoints.load(start_from, like=trainer.state_dict(), verified=True))
         console.print(f"resumed from {start_from} (step {trainer.step})")
         for path in checkpoints.set_aside_after(trainer.step):
             console.print(f"set aside newer checkpoint {path.name}: training goes on from step {trainer.step}")
@@ -129,10 +143,12 @@ def _run(cfg: Config, info: ProcessInfo, resume: str, console: Console) -> dict[
             with live_view(console, cfg.train.steps, trainer.step, cfg.logging.log_every,
                            cfg.logging.progress and info.is_main) as view:
                 status = trainer.fit(on_step, lambda: checkpoints.save(trainer.step, trainer.state_dict()), view)
-        checkpoints.wait()
     finally:
-        if metrics is not None:
-            metrics.close()
+        try:
+            checkpoints.wait()  # a background save finishes (or fails) before the process group goes
+        finally:
+            if metrics is not None:
+                metrics.close()
 
     peak_memory = gather_floats(float(peak_memory_bytes(trainer.device)))
     summary = {"status": status, "step": trainer.step, "run_dir": str(run_dir), "world_size": d["world_size"],

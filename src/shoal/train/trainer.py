@@ -188,14 +188,19 @@ class Trainer:
     # --- the loop -------------------------------------------------------------------------------
 
     def _catch_stop_signals(self) -> Callable[[], None]:
-        """SIGINT/SIGTERM ask the loop to checkpoint and stop after the current step; a second one acts at once."""
+        """SIGINT/SIGTERM ask the loop to checkpoint and stop after the current step.
+
+        A second Ctrl-C acts at once. Repeated SIGTERMs stay one request: under SLURM a worker gets the job's
+        SIGTERM both directly and forwarded by torchrun, and must still finish its step and write its shard.
+        """
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
         def handler(signum, frame):
             self._signal_seen = signum
-            signal.signal(signum, previous[signum])
+            if signum == signal.SIGINT:
+                signal.signal(signum, previous[signum])
 
         for sig in previous:
             signal.signal(sig, handler)
@@ -225,7 +230,7 @@ class Trainer:
                 on_step(record)
                 if progress is not None:
                     progress(record)
-                if self.step % t.eval_every == 0 or self.step == t.steps:
+                if (self.step % t.eval_every == 0 or self.step == t.steps) and self.stop_signal is None:
                     val_loss = self.evaluate()
                     if val_loss is not None:
                         on_step({"step": self.step, "val_loss": val_loss})

@@ -1,5 +1,5 @@
 """Worker: load a checkpoint under this torchrun's layout, then write the full (gathered) weights and the loss of
-one more step from rank 0.
+the second step after it from rank 0.
 
 usage: load_and_gather.py RUN_DIR CHECKPOINT OUT.safetensors [section.key=value ...]
 """
@@ -28,7 +28,8 @@ data = prepare_dataset(cfg.data, progress=False)
 trainer = Trainer(cfg, data.windows("train", cfg.train.seq_len), None, data.manifest["vocab_size"], data.fingerprint)
 trainer.load_state_dict(CheckpointManager(run_dir / "checkpoints").load(checkpoint, like=trainer.state_dict()))
 weights = get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-loss = trainer.train_step().loss
+trainer.train_step()
+loss = trainer.train_step().loss  # step 6: its weights come from an update that used the loaded Adam moments
 if process_info().is_main:
     tied = trainer.cfg.model.tie_embeddings
     save_file({k: v.contiguous() for k, v in weights.items() if not (tied and k == "output.weight")}, out,
