@@ -6,6 +6,7 @@ import pytest
 
 from shoal.config import load_config
 from shoal.train.checkpoint import verify
+from shoal.train.metrics import read_metrics
 from shoal.train.run import run_training
 
 from ..conftest import small_overrides
@@ -14,11 +15,20 @@ from .runs import check, free_port, losses, shoal_train, shoal_train_async
 STEPS = ["train.steps=5", "train.checkpoint_every=5"]
 
 
+def val_losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["val_loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "val_loss" in r}
+
+
 @pytest.fixture(scope="module")
-def single_process_losses(shared_root, tmp_path_factory) -> dict[int, float]:
+def single_process_run(shared_root, tmp_path_factory) -> Path:
     cfg = load_config("tiny", small_overrides(shared_root) + STEPS)
     cfg.train.out_dir = str(tmp_path_factory.mktemp("single") / "runs")
-    return losses(Path(run_training(cfg)["run_dir"]))
+    return Path(run_training(cfg)["run_dir"])
+
+
+@pytest.fixture(scope="module")
+def single_process_losses(single_process_run) -> dict[int, float]:
+    return losses(single_process_run)
 
 
 LAYOUTS = {
@@ -34,7 +44,8 @@ LAYOUTS = {
 
 
 @pytest.mark.parametrize("name", LAYOUTS)
-def test_layout_matches_the_single_process_losses(name, shared_root, tmp_path, single_process_losses):
+def test_layout_matches_the_single_process_losses(name, shared_root, tmp_path, single_process_losses,
+                                                  single_process_run):
     nproc, settings = LAYOUTS[name]
     result = shoal_train(shared_root, name, "--nproc", str(nproc), extra=[*STEPS, *settings,
                                                                           f'train.out_dir="{tmp_path}"'])
@@ -43,6 +54,10 @@ def test_layout_matches_the_single_process_losses(name, shared_root, tmp_path, s
     assert sorted(got) == sorted(single_process_losses) == [1, 2, 3, 4, 5]
     for step, expected in single_process_losses.items():
         assert got[step] == pytest.approx(expected, rel=1e-5), step
+    expected_val = val_losses(single_process_run)
+    assert sorted(val_losses(tmp_path / name)) == sorted(expected_val) == [4, 5]  # validation split over the ranks
+    for step, val in val_losses(tmp_path / name).items():
+        assert val == pytest.approx(expected_val[step], rel=1e-5), step
     assert f"on {nproc} processes" in result.stderr
     assert verify(tmp_path / name / "checkpoints" / "step_00000005")["step"] == 5  # complete, checksummed
 

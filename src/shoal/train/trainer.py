@@ -141,11 +141,19 @@ class Trainer:
         if not self.val_batches:
             return None
         self.model.eval()
-        total, count = 0.0, 0
+        rank, ranks = dp_rank(self.mesh), self.layout.dp
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss * tokens, tokens
         for batch in self.val_batches:
-            batch = batch.to(self.device)
-            count += batch[:, 1:].numel()
-            total += float(self._micro_loss(batch)) * batch[:, 1:].numel()  # eager: a rare, odd-shaped call
+            # Each data-parallel rank evaluates its share of the rows. A batch too small to split is run whole by
+            # every rank (sharded layouts need all ranks in every forward pass) and counted by the first only.
+            counted = len(batch) % ranks == 0 or rank == 0
+            part = batch.tensor_split(ranks)[rank] if len(batch) % ranks == 0 else batch
+            part = part.to(self.device)
+            loss = self._micro_loss(part).double()  # eager: a rare, odd-shaped call
+            if counted:
+                sums += torch.stack([loss * part[:, 1:].numel(), sums.new_tensor(part[:, 1:].numel())])
+        # Ranks that differ only in tp add the same share, which scales both sums alike.
+        total, count = all_reduce_mean(sums).tolist()
         return total / count
 
     # --- state ----------------------------------------------------------------------------------
