@@ -1,0 +1,1 @@
+"""Knowing what is in the training data: personal data and secrets, duplicates, contamination, ..."""
