@@ -1,0 +1,111 @@
+"""Licenses of the training data: license files per source, SPDX identifiers and license headers per document,
+what the user declared, and the documents or sources that have none or disagree.
+
+Classification is by distinctive phrases of each license's text, which is enough to tell the common open
+licenses apart; anything else is reported as found but unrecognized, never guessed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LICENSE_FILE = re.compile(r"^(?:licen[cs]e|copying|unlicense)(?:[-_.][\w.-]*)?$", re.IGNORECASE)
+SPDX_HEADER = re.compile(r"SPDX-License-Identifier:\s*([A-Za-z0-9.+()\- ]+?)\s*(?:\*/|-->|$)", re.MULTILINE)
+
+# (SPDX id, phrases that must all appear, lower-cased, whitespace collapsed); the first match wins, so the more
+# specific texts come first (LGPL before GPL, BSD-3 before BSD-2).
+_SIGNATURES = [
+    ("Apache-2.0", ["apache license", "version 2.0"]),
+    ("MPL-2.0", ["mozilla public license", "2.0"]),
+    ("LGPL-3.0", ["gnu lesser general public license", "version 3"]),
+    ("LGPL-2.1", ["gnu lesser general public license", "version 2.1"]),
+    ("AGPL-3.0", ["gnu affero general public license", "version 3"]),
+    ("GPL-3.0", ["gnu general public license", "version 3"]),
+    ("GPL-2.0", ["gnu general public license", "version 2"]),
+    ("PSF-2.0", ["python software foundation license", "version 2"]),
+    ("PSF-2.0", ["psf license agreement"]),
+    ("BSD-3-Clause", ["redistribution and use in source and binary forms", "neither the name"]),
+    ("BSD-2-Clause", ["redistribution and use in source and binary forms", "this list of conditions"]),
+    ("MIT", ["permission is hereby granted, free of charge", "the above copyright notice"]),
+    ("ISC", ["permission to use, copy, modify, and/or distribute this software for any purpose"]),
+    ("Unlicense", ["this is free and unencumbered software released into the public domain"]),
+    ("CC0-1.0", ["cc0 1.0 universal"]),
+    ("CC-BY-SA-4.0", ["creative commons attribution-sharealike 4.0"]),
+    ("CC-BY-4.0", ["creative commons attribution 4.0"]),
+]
+HEADER_CHARS = 3000  # license headers sit at the top of a file
+
+
+def classify(text: str) -> str | None:
+    """SPDX id of a license text (a license file or a header), or None if not recognized."""
+    flat = " ".join(text.lower().split())
+    for spdx, phrases in _SIGNATURES:
+        if all(p in flat for p in phrases):
+            return spdx
+    return None
+
+
+def document_license(text: str) -> str | None:
+    """The license a document states about itself: an SPDX-License-Identifier line, else a recognized header."""
+    head = text[:HEADER_CHARS]
+    match = SPDX_HEADER.search(head)
+    if match:
+        return match.group(1).strip()
+    return classify(head)
+
+
+@dataclass
+class SourceLicenses:
+    source: str
+    declared: str | None = None  # what the user's config says
+    files: dict[str, str | None] = field(default_factory=dict)  # license file -> SPDX id (None: unrecognized)
+    documents: Counter = field(default_factory=Counter)  # SPDX id stated by documents -> count
+    unlicensed_documents: int = 0
+    conflicts: list[tuple[str, str]] = field(default_factory=list)  # (document, its SPDX id) against the source's
+
+    @property
+    def license(self) -> str | None:
+        """The source's license: declared, else the one its license files agree on."""
+        if self.declared:
+            return self.declared
+        found = {spdx for spdx in self.files.values() if spdx}
+        return found.pop() if len(found) == 1 else None
+
+    @property
+    def problems(self) -> list[str]:
+        out = []
+        found = {spdx for spdx in self.files.values() if spdx}
+        if not self.declared and len(found) > 1:
+            out.append(f"license files disagree: {', '.join(sorted(found))}")
+        if self.license is None and not (not self.declared and len(found) > 1):
+            out.append("no license found or declared")
+        if self.conflicts:
+            out.append(f"{len(self.conflicts)} documents state a license other than {self.license}")
+        return out
+
+    def add_document(self, name: str, text: str) -> None:
+        spdx = document_license(text)
+        if spdx is None:
+            self.unlicensed_documents += 1
+            return
+        self.documents[spdx] += 1
+        if self.license and spdx != self.license:
+            self.conflicts.append((name, spdx))
+
+
+def license_files(folder: Path, max_files: int = 20) -> dict[str, str | None]:
+    """License files at the top of a source folder and one level below (vendored packages), classified."""
+    found: dict[str, str | None] = {}
+    for level in (folder.glob("*"), folder.glob("*/*")):
+        for path in sorted(level):
+            if len(found) >= max_files:
+                return found
+            if path.is_file() and LICENSE_FILE.match(path.name):
+                try:
+                    found[str(path.relative_to(folder))] = classify(path.read_text(encoding="utf-8", errors="replace"))
+                except OSError:
+                    found[str(path.relative_to(folder))] = None
+    return found
