@@ -1,5 +1,8 @@
 """Licenses: files and headers recognized, declarations honoured, missing and conflicting licenses flagged."""
 
+import sysconfig
+from pathlib import Path
+
 import pytest
 
 from shoal.data.governance.licenses import SourceLicenses, classify, document_license, license_files
@@ -14,7 +17,9 @@ BSD3 = ("Redistribution and use in source and binary forms, with or without modi
 
 
 @pytest.mark.parametrize("text, spdx", [(MIT, "MIT"), (APACHE, "Apache-2.0"), (GPL3, "GPL-3.0"), (LGPL21, "LGPL-2.1"),
-                                        (BSD3, "BSD-3-Clause"), ("All rights reserved.", None)])
+                                        (BSD3, "BSD-3-Clause"), ("All rights reserved.", None),
+                                        ("released under the GNU General Public License (GPL), version 2 compatible",
+                                         None)])
 def test_classify(text, spdx):
     assert classify(text) == spdx
 
@@ -43,6 +48,13 @@ def test_a_source_with_a_license_file_flags_documents_that_state_another(tmp_pat
     assert source.documents == {"MIT": 1, "GPL-3.0-only": 1} and source.unlicensed_documents == 1
     assert source.conflicts == [("b.py", "GPL-3.0-only")]
     assert source.problems == ["1 documents state a license other than MIT"]
+
+
+def test_the_python_standard_library_is_psf_licensed():
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    if not (stdlib / "LICENSE.txt").is_file():
+        pytest.skip("this Python's distribution keeps its license elsewhere (e.g. /usr/share/doc)")
+    assert license_files(stdlib) == {"LICENSE.txt": "PSF-2.0"}
 
 
 def test_missing_disagreeing_and_declared_licenses(tmp_path):

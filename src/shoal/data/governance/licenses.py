@@ -23,8 +23,11 @@ _SIGNATURES = [
     ("LGPL-3.0", ["gnu lesser general public license", "version 3"]),
     ("LGPL-2.1", ["gnu lesser general public license", "version 2.1"]),
     ("AGPL-3.0", ["gnu affero general public license", "version 3"]),
-    ("GPL-3.0", ["gnu general public license", "version 3"]),
-    ("GPL-2.0", ["gnu general public license", "version 2"]),
+    # The GPL by its dated title or its header: texts that merely mention the GPL (CPython's LICENSE does) are not it.
+    ("GPL-3.0", ["gnu general public license", "version 3, 29 june 2007"]),
+    ("GPL-3.0", ["gnu general public license as published by the free software foundation, either version 3"]),
+    ("GPL-2.0", ["gnu general public license", "version 2, june 1991"]),
+    ("GPL-2.0", ["gnu general public license as published by the free software foundation; either version 2"]),
     ("PSF-2.0", ["python software foundation license", "version 2"]),
     ("PSF-2.0", ["psf license agreement"]),
     ("BSD-3-Clause", ["redistribution and use in source and binary forms", "neither the name"]),
