@@ -86,6 +86,36 @@ def data_prepare(config: ConfigOption = "tiny", overrides: SetOption = None) -> 
                f"in {prepared.folder}")
 
 
+@data_app.command("audit")
+def data_audit(sources: Annotated[list[str], typer.Argument(help="Folders, files or \"stdlib\" to audit.")],
+               eval_sources: Annotated[list[str] | None, typer.Option(
+                   "--eval", help="Evaluation sources to check for contamination (repeatable).")] = None,
+               out: Annotated[Path, typer.Option(help="Report folder.")] = Path("audit"),
+               glob: Annotated[str, typer.Option(help="Files picked inside folder sources.")] = "**/*",
+               license_: Annotated[list[str] | None, typer.Option(
+                   "--license", help="Declare a source's license: SOURCE=SPDX (repeatable).")] = None,
+               workers: Annotated[int, typer.Option(help="Processes for the per-document work (0: all cores).")] = 0,
+               progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True) -> None:
+    """Find duplicates, personal data, license problems, contamination and suspicious documents; write a report."""
+    from shoal.data.governance.audit import audit
+
+    declared = {}
+    for item in license_ or []:
+        source, sep, spdx = item.rpartition("=")
+        if not sep or not source or not spdx:
+            raise ShoalError(f"--license must look like SOURCE=SPDX (e.g. ./corpus=MIT), got {item!r}")
+        declared[source] = spdx
+    report = audit(sources, out, eval_sources or [], glob=glob, declared=declared, workers=workers, progress=progress)
+    r, dup, pii = report["read"], report["duplicates"], report["personal_data"]
+    contamination = report["contamination"]
+    typer.echo(f"{r['documents']:,} documents ({r['bytes'] / 1e6:.1f} MB, {sum(r['skipped'].values())} skipped): "
+               f"{dup['exact_documents'] + dup['near_documents']} duplicates, {pii['documents_with_findings']} documents "
+               f"with personal data or secrets, {report['outliers']['documents']} outliers, {len(report['triggers'])} "
+               f"suspected trigger phrases"
+               + (f", {contamination['contaminated']} of {contamination['eval_documents']} evaluation documents "
+                  "contaminated" if contamination else "") + f"; report in {out}/report.md")
+
+
 @app.command()
 def generate(model: Annotated[Path, typer.Argument(help="Run folder or exported bundle.")],
              prompt: Annotated[str, typer.Argument(help="Text to continue.")],

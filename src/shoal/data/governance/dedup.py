@@ -77,12 +77,14 @@ class Deduplicator:
 
     def add(self, key: Hashable, text: str) -> Hashable | None:
         """None if `key` is kept (new content); otherwise the key of the kept document it duplicates."""
-        digest = content_hash(text)
+        return self.add_signed(key, content_hash(text), self.signature(text))
+
+    def add_signed(self, key: Hashable, digest: str, minhash: MinHash | None) -> Hashable | None:
+        """`add` for a document whose content hash and signature were computed elsewhere (in a worker process)."""
         if digest in self._by_hash:
             kept = self._by_hash[digest]
             self.clusters.setdefault(kept, DuplicateCluster(kept)).exact.append(key)
             return kept
-        minhash = self.signature(text)
         if minhash is not None:
             candidates = [k for k in self._lsh.query(minhash) if self._signatures[k].jaccard(minhash) >= self.threshold]
             if candidates:

@@ -64,10 +64,8 @@ def robust_outliers(features: dict[Hashable, dict[str, float]], z_threshold: flo
             return []
         median = float(np.median(values))
         mad = 1.4826 * float(np.median(np.abs(values - median)))
-        if mad < 1e-9:  # the feature hardly varies: use its mean absolute deviation instead, or skip it
-            mad = 1.2533 * float(np.mean(np.abs(values - median)))
-            if mad < 1e-9:
-                continue
+        if mad < 1e-9:  # most documents share one value (no non-ASCII at all, say): any other would look extreme
+            continue
         for key, value in zip(keys, values):
             z = (value - median) / mad
             if abs(z) >= z_threshold and (key not in found or abs(z) > abs(found[key].z)):
