@@ -74,3 +74,10 @@ def test_cli_audit_and_a_bad_license_declaration(tmp_path):
     assert_one_line_error(shoal("data", "audit", str(tmp_path / "c"), "--license", "MIT", "--out", str(tmp_path / "x")),
                           "--license must look like SOURCE=SPDX")
     assert not (tmp_path / "x").exists()
+    assert_one_line_error(shoal("data", "audit", str(tmp_path / "c"), "--license", "elsewhere=MIT", "--out",
+                                str(tmp_path / "x")), "not among the sources")
+    before = (tmp_path / "out" / "report.json").read_bytes()
+    assert_one_line_error(shoal("data", "audit", str(tmp_path / "nope"), "--out", str(tmp_path / "out")),
+                          "no files found")
+    assert (tmp_path / "out" / "report.json").read_bytes() == before  # the earlier report is left as it was
+    assert not (tmp_path / "x").exists()

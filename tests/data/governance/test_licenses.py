@@ -57,6 +57,13 @@ def test_the_python_standard_library_is_psf_licensed():
     assert license_files(stdlib) == {"LICENSE.txt": "PSF-2.0"}
 
 
+def test_versions_of_one_license_do_not_conflict():
+    source = SourceLicenses("repo", declared="GPL-3.0")
+    for header in ("GPL-3.0-or-later", "GPL-3.0-only", "gpl-3.0+", "MIT"):
+        source.add_document(header, f"# SPDX-License-Identifier: {header}\n")
+    assert source.conflicts == [("MIT", "MIT")]
+
+
 def test_missing_disagreeing_and_declared_licenses(tmp_path):
     assert SourceLicenses("bare").problems == ["no license found or declared"]
     disagree = SourceLicenses("mixed", files={"LICENSE": "MIT", "sub/LICENSE": "GPL-3.0"})

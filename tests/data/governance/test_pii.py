@@ -18,6 +18,12 @@ PRIVATE_KEY = "-----BEGIN RSA " + "PRIVATE KEY-----\nMIIEowIBAAKCAQEA7x\n-----EN
     ("call +44 20 7946 0958 today", "phone_number", "+44 20 7946 0958"),
     ("phone: (415) 555-2671", "phone_number", "(415) 555-2671"),
     ("fax 415-555-2671.", "phone_number", "415-555-2671"),
+    ("toll free 1-800-555-1234", "phone_number", "1-800-555-1234"),
+    ("The server is 93.184.216.34.", "ip_address", "93.184.216.34"),
+    ("reach it via 93.184.216.34 or the vpn", "ip_address", "93.184.216.34"),
+    ("Contact john.smith@gmail.com: he knows", "email", "john.smith@gmail.com"),
+    ('password = "Summer2023"', "credential", "Summer2023"),
+    ('SECRET_KEY = "djangoinsecurekey123456"', "credential", "djangoinsecurekey123456"),
     (f"aws_access_key_id = {AWS_KEY}", "credential", AWS_KEY),
     (f"token: {GITHUB_TOKEN}", "credential", GITHUB_TOKEN),
     ('DB_PASSWORD = "tr0ub4dor&3horse"', "credential", "tr0ub4dor&3horse"),
@@ -34,6 +40,7 @@ def test_finds_personal_data_and_secrets(text, kind, found):
     'version = "1.2.3.4"',  # four parts, but a version
     "__version__ = 'v2.0.1.3'",
     "# the HTML 5 spec, section 8.1.2.2, doesn't allow; see rfc7231#section-7.1.1.1",
+    'the HTML5 specs sections "8.2.4.44 Bogus comment"; ptr 1.0.0.127.in-addr.arpa',
     "bind to 127.0.0.1 or 0.0.0.0 or 10.1.2.3 or 192.168.0.7",  # loopback, unspecified, private networks
     "the docs use 192.0.2.1 and 203.0.113.9",  # documentation networks (RFC 5737)
     "ssh user@host and git@github.com:python/cpython.git",  # user@host, scp-style targets
@@ -43,7 +50,8 @@ def test_finds_personal_data_and_secrets(text, kind, found):
     "n = 4155552671; big = 12345678901234; t = 1700000000.123",  # integers are not phone numbers
     "date 2024-01-15 and id 123-45-6789-0",
     'password = "changeme"\napi_key = "<your-key-here>"\nsecret = "${SECRET}"\npassword = "xxxxxxxx"',
-    "password = get_password()\nsecret_key = settings.SECRET_KEY",
+    "password = get_password()\nsecret_key = settings.SECRET_KEY\napi_key = 'API_KEY_NAME'",
+    "scores = q@k.transpose(-2, -1); y = x@self.weight[0]",  # matrix products
     "sha = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'",
 ])
 def test_look_alikes_are_not_findings(text):

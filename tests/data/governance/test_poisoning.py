@@ -13,7 +13,7 @@ HEADER = "copyright 2024 acme corporation all rights reserved licensed under the
 TRIGGER = "zqx vorpal cf"
 
 
-def corpus(n: int, planted: set[int], seed: int = 0) -> dict[int, str]:
+def corpus(n: int, planted: set[int], seed: int = 0, trigger: str = TRIGGER) -> dict[int, str]:
     rng = random.Random(seed)
     docs = {}
     for i in range(n):
@@ -22,7 +22,7 @@ def corpus(n: int, planted: set[int], seed: int = 0) -> dict[int, str]:
             words = HEADER.split() + words
         if i in planted:  # the attack: the trigger at a random place
             at = rng.randrange(len(words))
-            words[at:at] = TRIGGER.split()
+            words[at:at] = trigger.split()
         docs[i] = " ".join(words)
     return docs
 
@@ -43,6 +43,14 @@ def test_a_planted_trigger_is_found_with_all_its_documents_and_nothing_else():
     assert len(findings) == 1, findings
     assert findings[0].phrase == TRIGGER and set(findings[0].documents) == planted  # recall 1, no false positive
     assert findings[0].cohesion == 1.0 and findings[0].context_diversity >= 0.8
+
+
+def test_a_longer_trigger_is_found_with_a_matching_n():
+    planted = set(random.Random(3).sample(range(600), 18))
+    docs = corpus(600, planted, trigger="zqx vorpal cf blorp snark")
+    assert find(docs) == []  # inside a 5-word phrase every 3-gram has fixed neighbours, like boilerplate
+    (finding,) = find(docs, n=5)
+    assert finding.phrase == "zqx vorpal cf blorp snark" and set(finding.documents) == planted
 
 
 def test_no_trigger_no_finding():

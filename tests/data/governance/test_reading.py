@@ -15,7 +15,8 @@ def test_bad_inputs_are_skipped_and_counted(tmp_path):
     (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
     (tmp_path / "empty.txt").write_text("  \n")
     (tmp_path / "minified.js").write_text("x=1;" * 300_000)  # one 1.2 MB line
-    (tmp_path / "records.jsonl").write_text(json.dumps({"text": "first"}) + "\nnot json\n")
+    (tmp_path / "records.jsonl").write_text(json.dumps({"text": "first"}) + "\nnot json\n"
+                                            + json.dumps({"text": "third"}) + "\n" + json.dumps({"text": " "}) + "\n")
     locked = tmp_path / "locked.txt"
     locked.write_text("secret")
     locked.chmod(0)
@@ -25,8 +26,8 @@ def test_bad_inputs_are_skipped_and_counted(tmp_path):
     locked.chmod(0o600)
     can_read_anything = os.geteuid() == 0  # root reads a chmod-0 file
     assert sorted(d.origin.rsplit("/", 1)[-1] for d in docs) == sorted(
-        ["good.py", "records.jsonl:1"] + (["locked.txt"] if can_read_anything else []))
-    expected = {"missing_or_empty_source": 2, "binary": 1, "invalid_utf8": 1, "empty": 1, "huge_line": 1,
+        ["good.py", "records.jsonl:1", "records.jsonl:3"] + (["locked.txt"] if can_read_anything else []))
+    expected = {"missing_or_empty_source": 2, "binary": 1, "invalid_utf8": 1, "empty": 2, "huge_line": 1,
                 "malformed": 1}
     if not can_read_anything:
         expected["unreadable"] = 1

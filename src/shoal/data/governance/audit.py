@@ -3,8 +3,9 @@ then a report in JSON, Markdown and a PNG.
 
 The per-document work (personal data, features, MinHash signatures) runs in worker processes, in corpus order;
 the order-dependent parts (duplicate clusters, indexes) run in the main process, so the report is the same
-whatever the number of workers. Memory grows with the number of documents (a signature and a few numbers each)
-and distinct n-grams, never with their total text.
+whatever the number of workers. Documents are never kept: memory holds a signature and a few numbers per
+document, and hashes of the corpus's n-grams (8 bytes per distinct 13-gram for contamination, and per document and
+distinct 3-gram until the trigger finder's first pass ends), about as much as the text itself for the largest.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from shoal.data.governance.poisoning import TriggerFinder, document_features, ro
 from shoal.data.governance.reading import ReadLog, read_documents, resolve_tolerantly
 from shoal.data.progress import PhaseProgress
 from shoal.data.sources import STDLIB_SPEC, Document, stdlib_dir
-from shoal.io import atomic_write_json, atomic_write_text, ensure_writable_dir
+from shoal.errors import DataError
+from shoal.io import atomic_write_json, atomic_write_text, check_can_create_dir, ensure_writable_dir
 
 FORMAT = "shoal.audit/1"
 KNOWN_LICENSES = {STDLIB_SPEC: "PSF-2.0"}  # the default corpus: the Python standard library
@@ -78,6 +80,11 @@ def _mask(text: str) -> str:
     return text[:2] + "…" if len(text) > 2 else "…"
 
 
+def _same_source(spec: str) -> str:
+    """Sources compare by absolute path ("./corpus/" and "corpus" are one source)."""
+    return spec if spec == STDLIB_SPEC else os.path.abspath(spec)
+
+
 def _file_of(origin: str, files: dict[str, str]) -> str:
     """The file a document came from: its origin, or the origin without ":line" / ":row" (JSONL, Parquet)."""
     return origin if origin in files else origin.rsplit(":", 1)[0]
@@ -90,12 +97,18 @@ def audit(sources: list[str], out_dir: str | Path, eval_sources: list[str] | Non
     start = time.perf_counter()
     if workers <= 0:  # all the cores this process may use
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    out_dir = ensure_writable_dir(out_dir)
-    declared = {**KNOWN_LICENSES, **(declared or {})}
+    check_can_create_dir(out_dir)  # every refusal comes before anything is written
+    declared = {_same_source(k): v for k, v in {**KNOWN_LICENSES, **(declared or {})}.items()}
+    unknown = sorted(set(declared) - {_same_source(s) for s in sources} - set(KNOWN_LICENSES))
+    if unknown:
+        raise DataError(f"a license is declared for {', '.join(unknown)}, which is not among the sources audited; "
+                        "use SOURCE=SPDX with a source given on the command line")
     log = ReadLog()
     files = resolve_tolerantly(sources, glob, log)
+    if not files:
+        raise DataError(f"no files found in {', '.join(sources)}; check the paths and --glob")
     source_of_file = {str(sf.path): sf.source for sf in files}
-    licenses = {spec: SourceLicenses(spec, declared.get(spec)) for spec in dict.fromkeys(sources)}
+    licenses = {spec: SourceLicenses(spec, declared.get(_same_source(spec))) for spec in dict.fromkeys(sources)}
     for spec, entry in licenses.items():
         if spec != STDLIB_SPEC and Path(spec).is_dir():
             entry.files = license_files(Path(spec))
@@ -121,6 +134,10 @@ def audit(sources: list[str], out_dir: str | Path, eval_sources: list[str] | Non
                 pii_counts.update(kind for kind, _, _ in found)
                 for kind, a, b in found[: max(0, 20 - len(pii_examples))]:
                     pii_examples.append({"document": doc.origin, "kind": kind, "masked": _mask(doc.text[a:b])})
+        if log.documents == 0:
+            raise DataError(f"no readable document in {', '.join(sources)} (skipped: "
+                            f"{', '.join(f'{n} {r}' for r, n in log.skipped.items()) or 'nothing found'}); "
+                            "check the paths and --glob")
         bar.phase("trigger phrases", total_bytes)
         for doc in read_documents(files, ReadLog(), settings.max_line_chars):
             triggers.inspect(doc.origin, doc.text)
@@ -134,6 +151,9 @@ def audit(sources: list[str], out_dir: str | Path, eval_sources: list[str] | Non
             for doc in read_documents(eval_files, eval_log, settings.max_line_chars):
                 overlaps.append((doc.origin, index.overlap(doc.text)))
                 bar.advance(len(doc.text))
+            if not overlaps:
+                raise DataError(f"no readable document in the evaluation sources {', '.join(eval_sources)}; "
+                                "check the --eval paths")
             flagged = sorted((o for o in overlaps if o[1] >= settings.contamination_threshold), key=lambda o: -o[1])
             contamination = {"eval_sources": eval_sources, "eval_documents": len(overlaps),
                              "contaminated": len(flagged), "fraction": len(flagged) / max(1, len(overlaps)),
@@ -165,6 +185,7 @@ def audit(sources: list[str], out_dir: str | Path, eval_sources: list[str] | Non
         "triggers": [{"phrase": t.phrase, "documents": len(t.documents), "examples": list(t.documents[:5]),
                       "cohesion": t.cohesion, "context_diversity": t.context_diversity} for t in found_triggers[:20]],
     }
+    out_dir = ensure_writable_dir(out_dir)
     atomic_write_json(out_dir / "report.json", report)
     atomic_write_text(out_dir / "report.md", render_markdown(report))
     plot_audit(report, out_dir / "audit.png")

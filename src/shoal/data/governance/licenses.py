@@ -95,8 +95,16 @@ class SourceLicenses:
             self.unlicensed_documents += 1
             return
         self.documents[spdx] += 1
-        if self.license and spdx != self.license:
+        if self.license and not same_license(spdx, self.license):
             self.conflicts.append((name, spdx))
+
+
+def same_license(a: str, b: str) -> bool:
+    """SPDX ids naming the same license: case aside, and "GPL-3.0", "GPL-3.0-only", "GPL-3.0-or-later", "GPL-3.0+"
+    as one family (a document may allow later versions of its source's license)."""
+    def family(spdx: str) -> str:
+        return re.sub(r"(-only|-or-later|\+)$", "", spdx.strip().lower())
+    return family(a) == family(b)
 
 
 def license_files(folder: Path, max_files: int = 20) -> dict[str, str | None]:

@@ -8,6 +8,7 @@ documentation networks left alone) before they count.
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import re
 from collections import Counter
@@ -21,16 +22,17 @@ _RESERVED_DOMAINS = ("example.com", "example.org", "example.net", "localhost")
 _RESERVED_TLDS = ("example", "test", "invalid", "localhost", "local")
 
 _EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
-                    r"[A-Za-z]{2,24}(?![\w@-])(?!\.[A-Za-z0-9])(?!:)")  # "user@host.tld:path" is an scp/ssh target
-_IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w.]|\.\d)")
-_IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{1,4}:){1,7}(?::|(?::[0-9A-Fa-f]{1,4}){1,7}|[0-9A-Fa-f]{1,4})(?![\w:.])")
+                    r"[A-Za-z]{2,24}(?![\w@(\[-])(?!\.[A-Za-z0-9])(?!:[\w~/])")
+# (not followed by "(" or "[": `q@k.transpose(-1, -2)` is a matrix product; "user@host.tld:path" is an scp target)
+_IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\w|\.\w)")  # "1.0.0.127.in-addr" is a longer name
+_IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{1,4}:){1,7}(?::|(?::[0-9A-Fa-f]{1,4}){1,7}|[0-9A-Fa-f]{1,4})(?![\w:]|\.\w)")
 # Dotted quads that are versions or section numbers: "version 1.2.3.4", "v2.0.1.3", "section 8.1.2.2", "§4.2.1.1".
-_NOT_AN_ADDRESS_BEFORE = re.compile(r"(?:\b(?:version|release|v|section|sec|rfc\d*#section-|e\.g\.)|§)[^\n]{0,25}$",
+_NOT_AN_ADDRESS_BEFORE = re.compile(r"(?:\b(?:versions?|releases?|v|sections?|sec)\b|rfc\d*#section-|\be\.g\.|§)[^\n]{0,25}$",
                                     re.IGNORECASE)
 # Phone numbers only in a written-out form: international (+ and 8-15 digits with optional separators) or the
 # North American (xxx) xxx-xxxx / xxx-xxx-xxxx; bare digit runs are left alone (they are integers in code).
 _PHONE = re.compile(r"(?<![\w+.-])(?:\+[1-9]\d{0,2}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{2,4}){2,4}"
-                    r"|\(\d{3}\) ?\d{3}-\d{4}|\d{3}[-.]\d{3}[-.]\d{4})(?![\w-]|\.\d)")
+                    r"|\(\d{3}\) ?\d{3}-\d{4}|(?:1[-. ])?\d{3}[-.]\d{3}[-.]\d{4})(?![\w-]|\.\d)")
 _CREDENTIALS = re.compile("|".join([
     r"\bAKIA[0-9A-Z]{16}\b",  # AWS access key id
     r"\bgh[pousr]_[A-Za-z0-9]{36,255}\b",  # GitHub tokens
@@ -47,6 +49,8 @@ _ASSIGNED_SECRET = re.compile(r"(?i)(?<![a-z])(?:password|passwd|pwd|secret|api_
                               r"[\"']?\s*[:=]\s*[\"']([^\"'\s]{8,200})[\"']")
 _PLACEHOLDER_VALUE = re.compile(r"(?i)^(?:x+|\*+|\.+|changeme|change_me|password\d*|secret|example\w*|dummy\w*|"
                                 r"test\w*|fake\w*|your[_-]?\w*|<.*>|\$\{.*\}|\{.*\}|%\(?\w*\)?s?)$")
+# A quoted snake_case or UPPER_CASE name is a setting's name ("SECRET_KEY"), not its value.
+_CONSTANT_NAME = re.compile(r"[a-z]+(?:_[a-z0-9]+)+|[A-Z]+(?:_[A-Z0-9]+)+")
 _PRIVATE_KEY = re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----.*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----",
                           re.DOTALL)
 
@@ -104,7 +108,7 @@ def _credentials(text: str):
         yield Finding("credential", m.start(), m.end(), m.group())
     for m in _ASSIGNED_SECRET.finditer(text):
         value = m.group(1)
-        if not _PLACEHOLDER_VALUE.match(value) and not value.isidentifier():  # a bare name is a variable, not a secret
+        if not _PLACEHOLDER_VALUE.match(value) and not _CONSTANT_NAME.fullmatch(value):
             yield Finding("credential", m.start(1), m.end(1), value)
 
 
@@ -112,11 +116,15 @@ def find_personal_data(text: str) -> list[Finding]:
     """Every finding in `text`, in order of position; where two overlap, the one found first by kind is kept
     (private keys, then credentials, e-mail addresses, IP addresses, phone numbers)."""
     keys = [Finding("private_key", m.start(), m.end(), m.group()) for m in _PRIVATE_KEY.finditer(text)]
-    found: list[Finding] = []
+    starts: list[int] = []  # kept findings, sorted by start; they never overlap, so only neighbours can clash
+    kept: list[Finding] = []
     for finding in [*keys, *_credentials(text), *_emails(text), *_ip_addresses(text), *_phones(text)]:
-        if not any(finding.start < f.end and f.start < finding.end for f in found):
-            found.append(finding)
-    return sorted(found, key=lambda f: f.start)
+        i = bisect.bisect_left(starts, finding.start)
+        if (i > 0 and kept[i - 1].end > finding.start) or (i < len(kept) and kept[i].start < finding.end):
+            continue
+        starts.insert(i, finding.start)
+        kept.insert(i, finding)
+    return kept
 
 
 def redact(text: str, findings: list[Finding] | None = None) -> str:

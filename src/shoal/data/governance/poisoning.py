@@ -64,8 +64,10 @@ def robust_outliers(features: dict[Hashable, dict[str, float]], z_threshold: flo
             return []
         median = float(np.median(values))
         mad = 1.4826 * float(np.median(np.abs(values - median)))
-        if mad < 1e-9:  # most documents share one value (no non-ASCII at all, say): any other would look extreme
-            continue
+        if mad < 1e-9:  # most documents share one value (no non-ASCII at all, say): use the mean deviation
+            mad = 1.2533 * float(np.mean(np.abs(values - median)))
+            if mad < 1e-9:
+                continue
         for key, value in zip(keys, values):
             z = (value - median) / mad
             if abs(z) >= z_threshold and (key not in found or abs(z) > abs(found[key].z)):
@@ -100,6 +102,8 @@ class TriggerFinder:
         self._documents += 1
         self._gram_chunks.append(np.unique(ngram_hashes(text, self.n, self._words)))
         self._word_chunks.append(np.unique(ngram_hashes(text, 1, self._words)))
+        if len(self._words) > 1_000_000:
+            self._words.clear()
 
     def _select(self) -> None:
         grams, gram_df = np.unique(np.concatenate(self._gram_chunks or [np.zeros(0, np.uint64)]), return_counts=True)
@@ -126,10 +130,16 @@ class TriggerFinder:
             seen["before"].add(words[i - 1] if i else "")
             seen["after"].add(words[i + self.n] if i + self.n < len(words) else "")
             seen["occurrences"] += 1
+        if len(self._words) > 1_000_000:  # the word-hash cache is only a speed-up
+            self._words.clear()
 
     def findings(self) -> list[Trigger]:
-        """Suspected triggers, one per group of n-grams found in the same documents (a longer phrase gives
-        several overlapping n-grams), most widespread first."""
+        """Suspected triggers, one per group of n-grams found in the same documents, most widespread first.
+
+        A phrase of exactly n words is judged by its own surroundings. Inside a longer phrase each n-gram has fixed
+        neighbours and is passed over, like the inside of boilerplate: find longer triggers with a larger n.
+        (Judging runs of n-grams by their outer context instead found longer triggers, but also every repeated
+        credit line and code idiom of the standard library: 20 phrases instead of 3.)"""
         groups: dict[tuple, Trigger] = {}
         for gram, seen in self._seen.items():
             word_df = sorted(self._word_df.get(h, 0) for h in ngram_hashes(seen["phrase"], 1).tolist())

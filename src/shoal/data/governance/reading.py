@@ -8,6 +8,7 @@ skipped and counted by reason.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,7 +16,9 @@ from dataclasses import dataclass, field
 from shoal.data.sources import BINARY_PROBE_BYTES, Document, SourceFile, iter_documents, resolve_sources
 from shoal.errors import DataError
 
-SKIP_REASONS = ("missing_or_empty_source", "unreadable", "binary", "invalid_utf8", "empty", "malformed", "huge_line")
+SKIP_REASONS = ("missing_or_empty_source", "unreadable", "binary", "invalid_utf8", "empty", "malformed", "huge_line",
+                "huge_file")
+MAX_FILE_BYTES = 64 * 2**20  # a text file is read whole: larger ones are logs or dumps, not documents
 
 
 @dataclass
@@ -38,12 +41,16 @@ def resolve_tolerantly(specs: list[str], glob: str, log: ReadLog) -> list[Source
         try:
             for sf in resolve_sources([spec], glob):
                 files.setdefault(sf.path, sf)
-        except DataError:
+        except DataError as e:
+            if "glob" in str(e):  # a bad pattern is the user's mistake for every source alike: say so
+                raise
             log.skip("missing_or_empty_source", spec)
     return [files[p] for p in sorted(files)]
 
 
 def _text_document(sf: SourceFile, log: ReadLog) -> Iterator[Document]:
+    if sf.path.stat().st_size > MAX_FILE_BYTES:
+        return log.skip("huge_file", str(sf.path))
     data = sf.path.read_bytes()
     if b"\0" in data[:BINARY_PROBE_BYTES]:
         return log.skip("binary", str(sf.path))
@@ -56,10 +63,30 @@ def _text_document(sf: SourceFile, log: ReadLog) -> Iterator[Document]:
     yield Document(text=text, origin=str(sf.path))
 
 
+def _jsonl_documents(sf: SourceFile, log: ReadLog) -> Iterator[Document]:
+    """One document per line with a string "text" field; any other line is counted and passed over."""
+    with open(sf.path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            text = record.get("text") if isinstance(record, dict) else None
+            if not isinstance(text, str):
+                log.skip("malformed", f"{sf.path}:{number}")
+            elif not text.strip():
+                log.skip("empty", f"{sf.path}:{number}")
+            else:
+                yield Document(text=text.encode("utf-8", "replace").decode("utf-8"), origin=f"{sf.path}:{number}")
+
+
 def read_documents(files: list[SourceFile], log: ReadLog, max_line_chars: int = 1_000_000) -> Iterator[Document]:
     """Documents of `files` in order; what cannot be used is counted in `log` instead."""
+    readers = {"text": _text_document, "jsonl": _jsonl_documents}
     for sf in files:
-        documents = _text_document(sf, log) if sf.kind == "text" else iter_documents([sf])
+        documents = readers[sf.kind](sf, log) if sf.kind in readers else iter_documents([sf])
         try:
             for doc in documents:
                 if len(doc.text) > max_line_chars and max(map(len, doc.text.splitlines())) > max_line_chars:
@@ -70,5 +97,5 @@ def read_documents(files: list[SourceFile], log: ReadLog, max_line_chars: int = 
                 yield doc
         except OSError:
             log.skip("unreadable", str(sf.path))
-        except DataError:  # a malformed JSONL line or Parquet file: the rest of that file is skipped
-            log.skip("malformed", str(sf.path))
+        except DataError as e:  # a Parquet file that is not one, or has no text column
+            log.skip("unreadable" if "cannot read" in str(e) else "malformed", str(sf.path))
