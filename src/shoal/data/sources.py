@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sysconfig
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,7 +118,9 @@ def _iter_text(path: Path) -> Iterator[Document]:
         yield Document(text=text, origin=str(path))
 
 
-def _iter_jsonl(path: Path) -> Iterator[Document]:
+def iter_jsonl(path: Path, on_bad_line: Callable[[int, str], None] | None = None) -> Iterator[Document]:
+    """One document per line with a string "text" field. A line without one raises DataError, unless
+    `on_bad_line(line_number, reason)` is given (reason "malformed" or "empty"), which is told and reading goes on."""
     with open(path, encoding="utf-8", errors="replace") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
@@ -129,10 +131,14 @@ def _iter_jsonl(path: Path) -> Iterator[Document]:
                 record = None
             text = record.get("text") if isinstance(record, dict) else None
             if not isinstance(text, str):
-                raise DataError(f"{path}:{number} is not a JSON object with a string 'text' field; "
-                                "fix that line (JSONL sources hold one such object per line)")
-            if text.strip():
+                if on_bad_line is None:
+                    raise DataError(f"{path}:{number} is not a JSON object with a string 'text' field; "
+                                    "fix that line (JSONL sources hold one such object per line)")
+                on_bad_line(number, "malformed")
+            elif text.strip():
                 yield Document(text=_clean(text), origin=f"{path}:{number}")
+            elif on_bad_line is not None:
+                on_bad_line(number, "empty")
 
 
 def _iter_parquet(path: Path) -> Iterator[Document]:
@@ -159,7 +165,7 @@ def _iter_parquet(path: Path) -> Iterator[Document]:
             row += 1
 
 
-_READERS = {"text": _iter_text, "jsonl": _iter_jsonl, "parquet": _iter_parquet}
+_READERS = {"text": _iter_text, "jsonl": iter_jsonl, "parquet": _iter_parquet}
 
 
 def iter_documents(files: list[SourceFile]) -> Iterator[Document]:

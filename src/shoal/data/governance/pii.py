@@ -128,7 +128,7 @@ def find_personal_data(text: str) -> list[Finding]:
 
 
 def redact(text: str, findings: list[Finding] | None = None) -> str:
-    """`text` with every finding replaced by its typed placeholder (<EMAIL>, <IP_ADDRESS>, ...)."""
+    """`text` with every finding replaced by the marker of its kind (<EMAIL>, <IP_ADDRESS>, ...)."""
     findings = find_personal_data(text) if findings is None else findings
     parts, position = [], 0
     for f in sorted(findings, key=lambda f: f.start):

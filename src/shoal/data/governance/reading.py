@@ -8,12 +8,11 @@ skipped and counted by reason.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from shoal.data.sources import BINARY_PROBE_BYTES, Document, SourceFile, iter_documents, resolve_sources
+from shoal.data.sources import BINARY_PROBE_BYTES, Document, SourceFile, iter_documents, iter_jsonl, resolve_sources
 from shoal.errors import DataError
 
 SKIP_REASONS = ("missing_or_empty_source", "unreadable", "binary", "invalid_utf8", "empty", "malformed", "huge_line",
@@ -64,22 +63,8 @@ def _text_document(sf: SourceFile, log: ReadLog) -> Iterator[Document]:
 
 
 def _jsonl_documents(sf: SourceFile, log: ReadLog) -> Iterator[Document]:
-    """One document per line with a string "text" field; any other line is counted and passed over."""
-    with open(sf.path, encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                record = None
-            text = record.get("text") if isinstance(record, dict) else None
-            if not isinstance(text, str):
-                log.skip("malformed", f"{sf.path}:{number}")
-            elif not text.strip():
-                log.skip("empty", f"{sf.path}:{number}")
-            else:
-                yield Document(text=text.encode("utf-8", "replace").decode("utf-8"), origin=f"{sf.path}:{number}")
+    """Every usable line; the others are counted one by one and passed over."""
+    return iter_jsonl(sf.path, lambda number, reason: log.skip(reason, f"{sf.path}:{number}"))
 
 
 def read_documents(files: list[SourceFile], log: ReadLog, max_line_chars: int = 1_000_000) -> Iterator[Document]:
