@@ -155,3 +155,12 @@ def test_resume_past_a_corrupt_checkpoint_sets_newer_ones_aside(small_config):
     aside = [p for p in checkpoints.iterdir() if p.name.startswith("step_00000008.superseded-")]
     assert len(aside) == 1 and (aside[0] / "__0_0.distcp").read_bytes() == corrupt  # kept as it was, for inspection
     assert sorted(step_losses(run_dir)) == list(range(1, 13))
+
+
+def test_resume_from_a_checkpoint_not_written_by_the_trainer_is_refused(small_config, tmp_path):
+    from shoal.train.checkpoint import CheckpointManager
+
+    foreign = CheckpointManager(tmp_path / "foreign").save(3, {"model": {"w": torch.zeros(2)}, "note": "other tool"})
+    with pytest.raises(CheckpointError, match="holds no training state"):
+        run_training(small_config, resume=str(foreign))
+    assert not Path(small_config.run_dir).exists()

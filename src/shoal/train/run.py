@@ -81,7 +81,13 @@ def run_training(cfg: Config, resume: str = "auto", console: Console | None = No
 
 def _resume_point(resume: str, checkpoints: CheckpointManager) -> tuple[Path | None, dict[str, Any] | None]:
     path = resume_path(resume, checkpoints)
-    return (path, None) if path is None else (path, read_facts(path, verified=resume == "auto"))
+    if path is None:
+        return None, None
+    facts = read_facts(path, verified=resume == "auto")
+    if not isinstance(facts.get("trainer"), dict):
+        raise CheckpointError(f"checkpoint {path} holds no training state (step, config); it was not written by "
+                              "shoal train")
+    return path, facts
 
 
 def _run(cfg: Config, info: ProcessInfo, resume: str, console: Console) -> dict[str, Any]:
