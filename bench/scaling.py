@@ -50,7 +50,7 @@ def measure(args: argparse.Namespace) -> dict:
     from shoal.config import load_config
     from shoal.data.shards import TokenWindows
     from shoal.hardware import peak_memory_bytes
-    from shoal.parallel.group import gather_floats
+    from shoal.parallel.group import gather_to_main
     from shoal.train.trainer import Trainer
 
     cfg = load_config(args.preset, args.overrides)
@@ -64,7 +64,7 @@ def measure(args: argparse.Namespace) -> dict:
         profiled = [trainer.train_step().seconds for _ in range(2)]
     comm_us = sum(e.self_cpu_time_total + getattr(e, "self_device_time_total", 0) for e in prof.key_averages()
                   if any(m in e.key.lower() for m in COMM_MARKERS))
-    memory = gather_floats(float(peak_memory_bytes(trainer.device)))
+    memory = gather_to_main(peak_memory_bytes(trainer.device)) or []  # printed by rank 0 only
     step = statistics.median(seconds)
     return {"processes": trainer.layout.world_size, "layout": trainer.layout.describe(),
             "tokens_per_second": round(cfg.train.batch_tokens / step, 1),

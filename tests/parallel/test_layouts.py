@@ -1,5 +1,6 @@
 """Every layout trains exactly like one process: same data, same losses (fp32, fixed seed)."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,8 @@ def test_layout_matches_the_single_process_losses(name, shared_root, tmp_path, s
     for step, val in val_losses(tmp_path / name).items():
         assert val == pytest.approx(expected_val[step], rel=1e-5), step
     assert f"on {nproc} processes" in result.stderr
+    peaks = json.loads((tmp_path / name / "summary.json").read_text())["peak_memory_bytes_per_rank"]
+    assert len(peaks) == nproc and all(isinstance(p, int) and p > 2**20 for p in peaks)
     assert verify(tmp_path / name / "checkpoints" / "step_00000005")["step"] == 5  # complete, checksummed
 
 

@@ -128,15 +128,6 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def gather_floats(value: float) -> list[float]:
-    """`value` from every rank, in rank order (one float per rank; for end-of-run summaries)."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return [value]
-    out: list[float] = [0.0] * dist.get_world_size()
-    dist.all_gather_object(out, value)
-    return out
-
-
 @contextmanager
 def collective_errors(timeout_s: float) -> Iterator[None]:
     """Turn a failed or timed-out collective into one line that names this rank and what to look at.

@@ -21,7 +21,7 @@ from shoal.parallel.group import (
     barrier,
     collective_errors,
     destroy_process_group,
-    gather_floats,
+    gather_to_main,
     init_process_group,
 )
 from shoal.train.checkpoint import CheckpointManager, read_facts
@@ -156,9 +156,9 @@ def _run(cfg: Config, info: ProcessInfo, resume: str, console: Console) -> dict[
             if metrics is not None:
                 metrics.close()
 
-    peak_memory = gather_floats(float(peak_memory_bytes(trainer.device)))
+    peak_memory = gather_to_main(peak_memory_bytes(trainer.device)) or []  # on rank 0, which writes the summary
     summary = {"status": status, "step": trainer.step, "run_dir": str(run_dir), "world_size": d["world_size"],
-               "layout": d["layout"], "peak_memory_bytes_per_rank": [int(m) for m in peak_memory],
+               "layout": d["layout"], "peak_memory_bytes_per_rank": peak_memory,
                "checkpoint": str(checkpoints.step_dirs()[-1]) if checkpoints.step_dirs() else None}
     if info.is_main:
         records = read_metrics(run_dir / "metrics.jsonl")

@@ -118,14 +118,14 @@ class Trainer:
         shared = all_reduce_mean(torch.stack([loss_sum / self.micro_steps,
                                               torch.tensor(float(self._signal_seen or 0), device=self.device)]))
         grad_norm = clip_grad_norm(self.model, t.grad_clip)
-        stats = torch.stack([shared[0], grad_norm.float()])
+        stats = torch.stack([shared[0], grad_norm.float(), shared[1]])  # the stop request is always finite
         # The fused optimizer skips a non-finite step on the device (the mechanism GradScaler uses), so the host
         # launches the update without first waiting for the GPU to finish the backward pass.
         self.optimizer.found_inf = (~stats.isfinite().all()).float()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        loss_value, grad_norm = stats.tolist()
-        if shared[1] > 0 and self.stop_signal is None:
+        loss_value, grad_norm, stop_requested = stats.tolist()  # the step's one wait for the device
+        if stop_requested > 0 and self.stop_signal is None:
             self.stop_signal = self._signal_seen or signal.SIGTERM  # another rank got it (torchrun sends SIGTERM)
         skipped = not (math.isfinite(loss_value) and math.isfinite(grad_norm))
         self.step += 1
