@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import types
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,21 @@ DEFAULT_PRESET = "tiny"
 
 
 @dataclass
+class MoEConfig:
+    """Mixture-of-experts feed-forward layers (`[model.moe]`); n_experts = 0 keeps every layer dense."""
+    n_experts: int = 0  # routed SwiGLU experts per MoE layer
+    top_k: int = 2  # experts each token is sent to
+    shared_experts: int = 0  # experts every token goes through as well (DeepSeek-style), merged into one MLP
+    every: int = 1  # MoE in layers every-1, 2*every-1, ...; the others stay dense
+    d_ff: int = 0  # hidden size of each expert; 0: model.d_ff
+    score_func: str = "softmax"  # softmax | sigmoid: router scores before the top-k
+    aux_loss_coef: float = 0.01  # Switch/GShard load-balancing loss weight; 0: off
+    z_loss_coef: float = 0.001  # router z-loss weight (keeps router logits small); 0: off
+    capacity_factor: float = 0.0  # 0: dropless; > 0: each expert takes at most this x its fair share of tokens
+    bias_update_speed: float = 0.0  # > 0: auxiliary-loss-free balancing (DeepSeek-V3), per-step bias change
+
+
+@dataclass
 class ModelConfig:
     vocab_size: int = 0  # 0: taken from the tokenizer (rounded up to a multiple of 64)
     d_model: int = 256
@@ -39,6 +54,7 @@ class ModelConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     init_std: float = 0.02
+    moe: MoEConfig = field(default_factory=MoEConfig)
 
 
 @dataclass
@@ -86,6 +102,7 @@ class ParallelConfig:
     dp_replicate: int = 1  # replicas of the model (HSDP's outer dimension, or plain data parallel)
     dp_shard: int = -1  # FSDP shard group size; -1: every process that dp_replicate and tp leave
     tp: int = 1  # tensor parallel ranks per model replica
+    ep: int = 1  # expert parallel: MoE experts split over this many data-parallel ranks
     activation_checkpoint: str = "none"  # none | block | selective: trade recomputation for activation memory
     timeout_s: float = 600.0  # a collective waiting longer than this fails with an error naming the rank
 
@@ -149,16 +166,29 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
 
 
 def _apply(cfg: Config, key: str, value: Any) -> None:
+    """Set `section.key` (or `section.table.key`) to `value`; a table value sets each of its keys."""
     parts = key.split(".")
-    if len(parts) != 2 or parts[0] not in SECTIONS:
+    if len(parts) < 2 or parts[0] not in SECTIONS:
         raise ConfigError(f"unknown config key '{key}' (sections: {', '.join(SECTIONS)})")
-    section, name = parts
-    obj = getattr(cfg, section)
-    types_by_name = typing.get_type_hints(type(obj))
-    if name not in types_by_name:
-        allowed = ", ".join(types_by_name)
-        raise ConfigError(f"unknown config key '{key}' (allowed in [{section}]: {allowed})")
-    setattr(obj, name, _coerce(key, value, types_by_name[name]))
+    obj = getattr(cfg, parts[0])
+    for depth, name in enumerate(parts[1:], start=1):
+        types_by_name = typing.get_type_hints(type(obj))
+        if name not in types_by_name:
+            allowed = ", ".join(types_by_name)
+            raise ConfigError(f"unknown config key '{key}' (allowed in [{'.'.join(parts[:depth])}]: {allowed})")
+        tp = types_by_name[name]
+        if is_dataclass(tp):  # a nested table such as [model.moe]
+            if depth == len(parts) - 1:
+                if not isinstance(value, dict):
+                    raise ConfigError(f"config key '{key}' is a table ([{key}]), got {value!r}")
+                for sub, sub_value in value.items():
+                    _apply(cfg, f"{key}.{sub}", sub_value)
+                return
+            obj = getattr(obj, name)
+        elif depth == len(parts) - 1:
+            setattr(obj, name, _coerce(key, value, tp))
+        else:
+            raise ConfigError(f"unknown config key '{key}' ('{'.'.join(parts[:depth + 1])}' is not a table)")
 
 
 def _parse_override(text: str) -> tuple[str, Any]:
@@ -270,4 +300,29 @@ def validate(cfg: Config) -> None:
     _require(p.activation_checkpoint in ("none", "block", "selective"), "config key 'parallel.activation_checkpoint' "
              f"must be none, block or selective, got '{p.activation_checkpoint}'")
     _require(p.timeout_s > 0, f"config key 'parallel.timeout_s' must be > 0, got {p.timeout_s}")
+    validate_moe(m.moe, m.n_layers)
+    _require(p.ep > 0, f"config key 'parallel.ep' must be a positive integer, got {p.ep}")
+    if p.ep > 1:
+        _require(m.moe.n_experts > 0, f"config key 'parallel.ep' ({p.ep}) splits MoE experts, but model.moe.n_experts is 0")
+        _require(m.moe.n_experts % p.ep == 0,
+                 f"config key 'parallel.ep' ({p.ep}) must divide model.moe.n_experts ({m.moe.n_experts})")
+    _require(m.moe.n_experts == 0 or p.tp == 1, "config key 'parallel.tp' must be 1 for MoE models (tensor parallel "
+             "of routed experts is not supported); split experts with parallel.ep instead")
     _require(t.eval_batches >= 0, f"config key 'train.eval_batches' must be >= 0, got {t.eval_batches}")
+
+
+def validate_moe(moe: MoEConfig, n_layers: int) -> None:
+    _require(moe.n_experts >= 0, f"config key 'model.moe.n_experts' must be >= 0 (0: dense), got {moe.n_experts}")
+    if moe.n_experts == 0:
+        return
+    _require(0 < moe.top_k <= moe.n_experts,
+             f"config key 'model.moe.top_k' ({moe.top_k}) must be between 1 and model.moe.n_experts ({moe.n_experts})")
+    _require(1 <= moe.every <= n_layers,
+             f"config key 'model.moe.every' ({moe.every}) must be between 1 and model.n_layers ({n_layers})")
+    _require(moe.shared_experts >= 0 and moe.d_ff >= 0,
+             "config keys 'model.moe.shared_experts' and 'model.moe.d_ff' must be >= 0")
+    _require(moe.score_func in ("softmax", "sigmoid"),
+             f"config key 'model.moe.score_func' must be softmax or sigmoid, got '{moe.score_func}'")
+    for key in ("aux_loss_coef", "z_loss_coef", "capacity_factor", "bias_update_speed"):
+        value = getattr(moe, key)
+        _require(math.isfinite(value) and value >= 0, f"config key 'model.moe.{key}' must be >= 0, got {value}")

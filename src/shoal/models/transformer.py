@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from shoal.config import ModelConfig
+from shoal.models.mlp import FeedForward
+from shoal.models.moe import MoE, is_moe_layer
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -123,26 +125,14 @@ class Attention(nn.Module):
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
 
-class FeedForward(nn.Module):
-    """SwiGLU: w2(silu(w1 x) * w3 x)."""
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.w1 = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
-        self.w2 = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
-        self.w3 = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
-
-
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_id: int) -> None:
         super().__init__()
         self.attention_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.attention = Attention(cfg, layer_id)
         self.ffn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.feed_forward = FeedForward(cfg)
+        moe = is_moe_layer(cfg.moe, layer_id)
+        self.feed_forward = MoE(cfg) if moe else FeedForward(cfg.d_model, cfg.d_ff)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None,
                 mask: Tensor | None = None) -> Tensor:
@@ -191,8 +181,11 @@ class Transformer(nn.Module):
                 if p.dim() == 1:
                     p.fill_(1.0)
                 else:
-                    std = residual_std if name.endswith(("wo.weight", "w2.weight")) else cfg.init_std
+                    std = residual_std if name.endswith(("wo.weight", "w2.weight", "experts.w2")) else cfg.init_std
                     p.normal_(0.0, std, generator=gen)
+            for moe in self.moe_layers():
+                moe.router.expert_bias.zero_()
+                moe.reset_stats()
         self._reset_rope()
 
     def _reset_rope(self) -> None:
@@ -247,10 +240,16 @@ class Transformer(nn.Module):
         return KVCache(cfg.n_layers, batch_size, cfg.n_kv_heads, max_len or cfg.max_seq_len, self.head_dim,
                        dtype or weight.dtype, device or weight.device)
 
-    def num_params(self, non_embedding: bool = False) -> int:
+    def moe_layers(self) -> list[MoE]:
+        return [layer.feed_forward for layer in self.layers if isinstance(layer.feed_forward, MoE)]
+
+    def num_params(self, non_embedding: bool = False, active: bool = False) -> int:
         """Parameter count, a tied embedding / lm head matrix counted once. `non_embedding` leaves out the token
-        embedding table (and so, when tied, the shared lm head too)."""
+        embedding table (and so, when tied, the shared lm head too); `active` counts only the top_k routed experts
+        of each MoE layer that a token actually runs through."""
         n = sum(p.numel() for p in self.parameters())
+        if active:
+            n -= sum(_inactive_expert_params(moe) for moe in self.moe_layers())
         return n - self.tok_embeddings.weight.numel() if non_embedding else n
 
     def flops_per_token(self, seq_len: int) -> float:
@@ -258,12 +257,21 @@ class Transformer(nn.Module):
 
             6 * N + 12 * n_layers * n_heads * head_dim * seq_len
 
-        N counts the parameters that take part in matmuls: every Linear weight including the lm head. The embedding
-        lookup is a gather, so an untied embedding table is left out; a tied matrix counts once, as the lm head.
-        Norm weights are left out (elementwise). The second term is QK^T and attention-times-V over the full
+        N counts the parameters that take part in matmuls: every Linear weight including the lm head, and in MoE
+        layers the router and the top_k experts a token runs through (active parameters). The embedding lookup is a
+        gather, so an untied embedding table is left out; a tied matrix counts once, as the lm head. Norm weights
+        are left out (elementwise). The second term is QK^T and attention-times-V over the full
         seq_len x seq_len score matrix (2 matmuls * 2 FLOPs per multiply-add * 3 for forward + backward), without
         discounting the causally masked half, as PaLM does.
         """
         cfg = self.config
         matmul_params = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        matmul_params += sum(sum(w.numel() for w in moe.experts.parameters()) - _inactive_expert_params(moe)
+                             for moe in self.moe_layers())
         return 6.0 * matmul_params + 12.0 * cfg.n_layers * cfg.n_heads * self.head_dim * seq_len
+
+
+def _inactive_expert_params(moe: MoE) -> int:
+    """Routed-expert parameters a token does not use: all but top_k of the n_experts (global shapes under EP)."""
+    total = sum(w.numel() for w in moe.experts.parameters())
+    return total - total * moe.top_k // moe.n_experts

@@ -1,4 +1,4 @@
-"""Turn a plain `Transformer` into a distributed one, in place, from a layout: tensor parallel, activation
+"""Turn a plain `Transformer` into a distributed one, in place, from a layout: tensor or expert parallel, activation
 checkpointing, per-block compile, then FSDP2 / HSDP (the order torchtitan uses, for the same reasons).
 
 Module and parameter names never change, so checkpoints written under one layout load under any other.
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     PrepareModuleInput,
@@ -23,6 +23,7 @@ from torch.distributed.tensor.parallel import (
 )
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
+from shoal.models.moe import MoE
 from shoal.models.transformer import Transformer
 from shoal.parallel.mesh import Layout
 
@@ -45,15 +46,46 @@ def parallelize(model: Transformer, layout: Layout, mesh: DeviceMesh | None, *, 
     """
     if layout.tp > 1:
         apply_tensor_parallel(model, mesh["tp"])
+    if layout.ep > 1:
+        apply_expert_parallel(model, mesh["ep"])
     if activation_checkpoint != "none":
         apply_activation_checkpointing(model, activation_checkpoint)
     if compile_blocks:
         for block in model.layers:
             block.compile()  # in place: parameter names stay as they are (no `_orig_mod.` prefix)
     if layout.dp > 1:
-        dp_mesh = mesh["dp_replicate", "dp_shard"] if layout.dp_replicate > 1 else mesh["dp_shard"]
-        apply_fsdp(model, dp_mesh, param_dtype)
+        apply_fsdp(model, *data_parallel_meshes(mesh, layout), param_dtype)
     return model
+
+
+def data_parallel_meshes(mesh: DeviceMesh, layout: Layout) -> tuple[DeviceMesh, DeviceMesh | None]:
+    """The mesh FSDP shards the model over, and the one for routed experts under expert parallelism.
+
+    Expert-parallel ranks are data-parallel ranks, so the dense weights are sharded over dp_shard x ep; each expert
+    lives on one ep rank and is sharded over dp_shard only. A leading dp_replicate dimension makes either HSDP.
+    """
+    shard_dims = ("dp_shard", "ep") if layout.ep > 1 else ("dp_shard",)
+    dense = mesh[shard_dims]._flatten("dp_shard_ep") if layout.ep > 1 else mesh["dp_shard"]
+    experts = mesh["dp_shard"] if layout.ep > 1 else None
+    if layout.dp_replicate > 1:
+        dense = mesh["dp_replicate", dense.mesh_dim_names[0]]
+        experts = mesh["dp_replicate", "dp_shard"] if experts is not None else None
+    return dense, experts
+
+
+def apply_expert_parallel(model: Transformer, ep_mesh: DeviceMesh) -> None:
+    """Split every MoE layer's routed experts over the ep ranks (Shard(0) on the expert dimension).
+
+    Tokens then travel to their experts' ranks by all-to-all (MoE._exchange). Each rank's experts see the tokens of
+    every ep rank, so their gradients are sums over the ep group; scaling them by 1 / ep makes them means, like
+    every other gradient once FSDP has averaged over the data-parallel ranks.
+    """
+    ep = ep_mesh.size()
+    for moe in model.moe_layers():
+        for name, param in list(moe.experts.named_parameters(recurse=False)):
+            moe.experts.register_parameter(name, nn.Parameter(distribute_tensor(param.data, ep_mesh, [Shard(0)])))
+        moe.experts.grad_scale = 1.0 / ep
+        moe.ep_group, moe.ep_size = ep_mesh.get_group(), ep
 
 
 def apply_tensor_parallel(model: Transformer, tp_mesh: DeviceMesh) -> None:
@@ -114,12 +146,16 @@ def _checkpointed(forward: Callable, context_fn: Callable | None) -> Callable:
     return checkpointed_forward
 
 
-def apply_fsdp(model: Transformer, dp_mesh: DeviceMesh, param_dtype: torch.dtype | None) -> None:
+def apply_fsdp(model: Transformer, dp_mesh: DeviceMesh, expert_mesh: DeviceMesh | None,
+               param_dtype: torch.dtype | None) -> None:
     """FSDP2 per block, then the root (embeddings, final norm, lm head). A 2-D mesh (replicate x shard) is HSDP;
-    a shard dimension of size 1 is plain data parallel (DDP): whole parameters, gradients all-reduced."""
+    a shard dimension of size 1 is plain data parallel (DDP): whole parameters, gradients all-reduced.
+    Expert-parallel experts get their own FSDP unit on `expert_mesh`."""
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else MixedPrecisionPolicy()
     last = len(model.layers) - 1
     for i, block in enumerate(model.layers):
+        if expert_mesh is not None and isinstance(block.feed_forward, MoE):
+            fully_shard(block.feed_forward.experts, mesh=expert_mesh, mp_policy=mp, reshard_after_forward=i < last)
         # The last block's weights are needed again at once by the backward pass: keep them gathered.
         fully_shard(block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=i < last)
     fully_shard(model, mesh=dp_mesh, mp_policy=mp)

@@ -11,7 +11,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from shoal.config import ModelConfig, ParallelConfig
 from shoal.errors import ConfigError
 
-MESH_DIMS = ("dp_replicate", "dp_shard", "tp")
+MESH_DIMS = ("dp_replicate", "dp_shard", "ep", "tp")
 
 
 @dataclass(frozen=True)
@@ -19,15 +19,16 @@ class Layout:
     dp_replicate: int = 1
     dp_shard: int = 1
     tp: int = 1
+    ep: int = 1  # expert-parallel ranks are data-parallel ranks too: each takes its own slice of the batch
 
     @property
     def world_size(self) -> int:
-        return self.dp_replicate * self.dp_shard * self.tp
+        return self.dp_replicate * self.dp_shard * self.ep * self.tp
 
     @property
     def dp(self) -> int:
         """Data-parallel degree: how many different slices of each global batch are processed at once."""
-        return self.dp_replicate * self.dp_shard
+        return self.dp_replicate * self.dp_shard * self.ep
 
     def describe(self) -> str:
         parts = [f"{name}={getattr(self, name)}" for name in MESH_DIMS if getattr(self, name) > 1]
@@ -35,18 +36,18 @@ class Layout:
 
 
 def resolve_layout(p: ParallelConfig, world_size: int) -> Layout:
-    """The layout for `world_size` processes; dp_shard = -1 takes every process that dp_replicate and tp leave."""
+    """The layout for `world_size` processes; dp_shard = -1 takes every process that dp_replicate, ep and tp leave."""
     dp_shard = p.dp_shard
     if dp_shard == -1:
-        rest = p.dp_replicate * p.tp
+        rest = p.dp_replicate * p.ep * p.tp
         if world_size % rest:
-            raise ConfigError(f"parallel.dp_replicate * parallel.tp = {rest} does not divide the {world_size} processes "
-                              f"of this run; launch a multiple of {rest} processes (--nproc)")
+            raise ConfigError(f"parallel.dp_replicate * parallel.ep * parallel.tp = {rest} does not divide the "
+                              f"{world_size} processes of this run; launch a multiple of {rest} processes (--nproc)")
         dp_shard = world_size // rest
-    layout = Layout(p.dp_replicate, dp_shard, p.tp)
+    layout = Layout(p.dp_replicate, dp_shard, p.tp, p.ep)
     if layout.world_size != world_size:
-        raise ConfigError(f"the [parallel] layout dp_replicate={p.dp_replicate} x dp_shard={dp_shard} x tp={p.tp} "
-                          f"needs {layout.world_size} processes but this run has {world_size}; launch with "
+        raise ConfigError(f"the [parallel] layout dp_replicate={p.dp_replicate} x dp_shard={dp_shard} x ep={p.ep} x "
+                          f"tp={p.tp} needs {layout.world_size} processes but this run has {world_size}; launch with "
                           f"--nproc {layout.world_size} or set parallel.dp_shard=-1")
     return layout
 
@@ -69,14 +70,18 @@ def check_layout_fits(layout: Layout, model: ModelConfig, seq_len: int, global_b
 
 
 def build_mesh(layout: Layout, device: torch.device) -> DeviceMesh | None:
-    """A 3-D mesh named (dp_replicate, dp_shard, tp); None for a single process."""
+    """A 4-D mesh named (dp_replicate, dp_shard, ep, tp); None for a single process."""
     if layout.world_size == 1:
         return None
-    return init_device_mesh(device.type, (layout.dp_replicate, layout.dp_shard, layout.tp), mesh_dim_names=MESH_DIMS)
+    shape = (layout.dp_replicate, layout.dp_shard, layout.ep, layout.tp)
+    return init_device_mesh(device.type, shape, mesh_dim_names=MESH_DIMS)
 
 
 def dp_rank(mesh: DeviceMesh | None) -> int:
     """This rank's index among the data-parallel ranks (ranks that differ only in tp share a batch slice)."""
     if mesh is None:
         return 0
-    return mesh.get_local_rank("dp_replicate") * mesh["dp_shard"].size() + mesh.get_local_rank("dp_shard")
+    rank = 0
+    for name in ("dp_replicate", "dp_shard", "ep"):
+        rank = rank * mesh[name].size() + mesh.get_local_rank(name)
+    return rank

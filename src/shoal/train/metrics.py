@@ -1,4 +1,4 @@
-"""metrics.jsonl (one JSON record per line) and the loss plot drawn from it."""
+"""metrics.jsonl (one JSON record per line) and the plots drawn from it: loss, and expert load for MoE models."""
 
 from __future__ import annotations
 
@@ -66,6 +66,55 @@ def plot_loss(metrics_path: str | Path, out_png: str | Path, reference: float | 
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def expert_load_summary(records: list[dict[str, Any]], last: int = 20) -> dict[str, Any] | None:
+    """Load of each MoE layer's experts over the last `last` steps: shares of routed tokens, and max / mean per layer
+    (1 is perfect balance, n_experts means one expert takes everything)."""
+    loads = [r["moe_load"] for r in records if r.get("moe_load")][-last:]
+    if not loads:
+        return None
+    layers = [[sum(step[layer][e] for step in loads) / len(loads) for e in range(len(loads[0][layer]))]
+              for layer in range(len(loads[0]))]
+    ratios = [max(shares) / (sum(shares) / len(shares)) for shares in layers]
+    return {"steps": len(loads), "load": layers, "max_mean_ratio_per_layer": ratios,
+            "max_mean_ratio": sum(ratios) / len(ratios)}
+
+
+def plot_expert_load(metrics_path: str | Path, out_png: str | Path) -> Path | None:
+    """experts.png: per MoE layer, a heatmap of each expert's share of routed tokens over training, relative to a
+    perfectly even split (1.0, white); red experts are overloaded, blue ones starved."""
+    records = [r for r in read_metrics(metrics_path) if r.get("moe_load")]
+    if not records:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.colors import LogNorm
+
+    steps = [r["step"] for r in records]
+    load = np.array([r["moe_load"] for r in records], dtype=float)  # [steps, layers, experts]
+    n_layers, n_experts = load.shape[1], load.shape[2]
+    relative = np.clip(load * n_experts, 1 / 8, 8)  # 1.0 = even; clipped so one dead expert does not wash out the rest
+    fig, axes = plt.subplots(n_layers, 1, figsize=(8, 1.0 + 1.1 * n_layers), dpi=120, sharex=True, squeeze=False)
+    for layer, ax in enumerate(axes[:, 0]):
+        image = ax.imshow(relative[:, layer].T, aspect="auto", cmap="RdBu_r", norm=LogNorm(1 / 8, 8),
+                          extent=(steps[0] - 0.5, steps[-1] + 0.5, n_experts - 0.5, -0.5), interpolation="nearest")
+        ax.set_ylabel(f"MoE {layer}\nexpert", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[-1, 0].set_xlabel("step")
+    axes[0, 0].set_title("expert load (share of routed tokens x number of experts; 1 = even)")
+    fig.colorbar(image, ax=axes[:, 0].tolist(), shrink=0.8, pad=0.02, ticks=[1 / 8, 1 / 4, 1 / 2, 1, 2, 4, 8],
+                 format=lambda v, _: f"{v:g}").ax.minorticks_off()
+    return _save(fig, out_png)
+
+
+def _save(fig: Any, out_png: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
     out_png = Path(out_png)
     tmp = out_png.with_name(f".{out_png.name}.tmp.png")
     fig.savefig(tmp)

@@ -25,7 +25,7 @@ from shoal.parallel.group import (
     init_process_group,
 )
 from shoal.train.checkpoint import CheckpointManager, read_facts
-from shoal.train.metrics import MetricsLog, plot_loss, read_metrics
+from shoal.train.metrics import MetricsLog, expert_load_summary, plot_expert_load, plot_loss, read_metrics
 from shoal.train.trainer import Trainer, summarize_throughput
 
 
@@ -166,9 +166,17 @@ def _run(cfg: Config, info: ProcessInfo, resume: str, console: Console) -> dict[
         train = [r["loss"] for r in records if r.get("loss") is not None]
         summary.update(train_loss=train[-1] if train else None, val_loss=val[-1] if val else None,
                        unigram_entropy_nats=unigram, **summarize_throughput(records))
+        expert_load = expert_load_summary(records)
+        if expert_load is not None:
+            summary["expert_load"] = expert_load
+            console.print(f"expert load over the last {expert_load['steps']} steps: max/mean "
+                          f"{expert_load['max_mean_ratio']:.2f} (1 = even; per MoE layer: "
+                          f"{', '.join(f'{r:.2f}' for r in expert_load['max_mean_ratio_per_layer'])})")
         if cfg.logging.plot:
             plot = plot_loss(run_dir / "metrics.jsonl", run_dir / "loss.png", reference=unigram)
             summary["plot"] = str(plot) if plot else None
+            if expert_load is not None:
+                summary["expert_plot"] = str(plot_expert_load(run_dir / "metrics.jsonl", run_dir / "experts.png"))
         atomic_write_json(run_dir / "summary.json", summary)
     if status == "interrupted":
         summary["signal"] = trainer.stop_signal

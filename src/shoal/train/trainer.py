@@ -40,6 +40,7 @@ class StepResult:
     lr: float
     seconds: float
     skipped: bool
+    moe: dict[str, Any] | None = None  # routing figures of MoE layers (see moe_figures)
 
 
 class Trainer:
@@ -67,7 +68,9 @@ class Trainer:
         torch.manual_seed(t.seed)
         self.model = Transformer(self.cfg.model).to(self.device)
         self.flops_per_token = self.model.flops_per_token(t.seq_len)
-        self.num_params = (self.model.num_params(), self.model.num_params(non_embedding=True))
+        self.num_params = (self.model.num_params(), self.model.num_params(non_embedding=True),
+                           self.model.num_params(active=True))
+        self.moe_layers = self.model.moe_layers()  # the same modules once parallelized (that happens in place)
         distributed = self.layout.world_size > 1
         parallelize(self.model, self.layout, self.mesh, activation_checkpoint=p.activation_checkpoint,
                     compile_blocks=t.compile and distributed,
@@ -79,6 +82,8 @@ class Trainer:
         self.local_batch = self.global_batch // self.layout.dp
         self.micro_batch = min(t.micro_batch_size, self.local_batch)
         self.micro_steps = self.local_batch // self.micro_batch
+        for moe in self.moe_layers:
+            moe.aux_loss_scale = 1.0 / self.micro_steps  # balancing losses are scaled like the model's loss
         self.loader = DataLoader(train_windows, self.global_batch, t.seed, dp_rank(self.mesh), self.layout.dp)
         self.val_batches = validation_batches(val_windows, t.micro_batch_size, t.eval_batches) if val_windows else []
         self.step = 0  # optimizer steps done (skipped non-finite steps included: their batch is consumed)
@@ -112,19 +117,23 @@ class Trainer:
             loss = self.micro_loss(micro)
             (loss / self.micro_steps).backward()
             loss_sum += loss.detach()
-        # One all-reduce carries the loss and any stop request. The mean over ranks is the loss of the global batch;
-        # a non-finite loss on any rank makes it non-finite everywhere, so all ranks skip the step together (the
-        # gradient norm is already global); and a signal seen by any rank stops every rank after the same step.
-        shared = all_reduce_mean(torch.stack([loss_sum / self.micro_steps,
-                                              torch.tensor(float(self._signal_seen or 0), device=self.device)]))
+        # One all-reduce carries the loss, any stop request and the MoE routing counts. The mean over ranks is the
+        # loss of the global batch; a non-finite loss on any rank makes it non-finite everywhere, so all ranks skip
+        # the step together (the gradient norm is already global); and a signal seen by any rank stops every rank
+        # after the same step.
+        moe_stats = [moe.stats for moe in self.moe_layers]
+        shared = all_reduce_mean(torch.cat([torch.stack([loss_sum / self.micro_steps,
+                                                         torch.tensor(float(self._signal_seen or 0), device=self.device)]),
+                                            *moe_stats]))
         grad_norm = clip_grad_norm(self.model, t.grad_clip)
-        stats = torch.stack([shared[0], grad_norm.float(), shared[1]])  # the stop request is always finite
+        stats = torch.cat([torch.stack([shared[0], grad_norm.float(), shared[1]]), shared[2:]])
+        self._balance_experts(shared[2:])
         # The fused optimizer skips a non-finite step on the device (the mechanism GradScaler uses), so the host
         # launches the update without first waiting for the GPU to finish the backward pass.
         self.optimizer.found_inf = (~stats.isfinite().all()).float()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        loss_value, grad_norm, stop_requested = stats.tolist()  # the step's one wait for the device
+        loss_value, grad_norm, stop_requested, *moe_values = stats.tolist()  # the step's one wait for the device
         if stop_requested > 0 and self.stop_signal is None:
             self.stop_signal = self._signal_seen or signal.SIGTERM  # another rank got it (torchrun sends SIGTERM)
         skipped = not (math.isfinite(loss_value) and math.isfinite(grad_norm))
@@ -133,7 +142,18 @@ class Trainer:
         if self.bad_steps >= t.max_bad_steps:
             raise TrainingError(f"loss was non-finite for {self.bad_steps} steps in a row (last: step {self.step}); "
                                 "the weights are those of the last finite step: lower train.lr or check the data")
-        return StepResult(loss_value, grad_norm, lr, time.perf_counter() - start, skipped)
+        moe = moe_figures(moe_values, len(self.moe_layers)) if self.moe_layers else None
+        return StepResult(loss_value, grad_norm, lr, time.perf_counter() - start, skipped, moe)
+
+    def _balance_experts(self, stats: torch.Tensor) -> None:
+        """Auxiliary-loss-free balancing from this step's counts (the same on every rank), then reset the counts."""
+        if not self.moe_layers:
+            return
+        speed = self.cfg.model.moe.bias_update_speed
+        for moe, layer_stats in zip(self.moe_layers, stats.view(len(self.moe_layers), -1)):
+            if speed > 0:
+                moe.update_bias(layer_stats[:moe.n_experts], speed)
+            moe.reset_stats()
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
@@ -174,9 +194,8 @@ class Trainer:
 
     def check_resumable(self, facts: dict[str, Any]) -> None:
         """Raise unless a checkpoint with these facts (its "trainer" entry) continues this run exactly."""
-        saved_model = facts["config"]["model"]
-        changed = [f"model.{k}: checkpoint {v!r}, config {getattr(self.cfg.model, k)!r}"
-                   for k, v in saved_model.items() if getattr(self.cfg.model, k) != v]
+        saved_model, model = facts["config"]["model"], asdict(self.cfg.model)
+        changed = [f"model.{k}: checkpoint {v!r}, config {model[k]!r}" for k, v in saved_model.items() if model.get(k) != v]
         if changed:
             raise CheckpointError(f"checkpoint was trained with another model shape ({'; '.join(changed)}); "
                                   "use the same [model] settings or start a new run")
@@ -234,7 +253,7 @@ class Trainer:
                           "tokens_per_second_per_device": tokens_per_second / world,
                           "mfu": self.flops_per_token * tokens_per_second / (self.peak_flops * world),
                           "peak_memory_bytes": peak_memory_bytes(self.device),
-                          "step_seconds": result.seconds, "skipped": result.skipped}
+                          "step_seconds": result.seconds, "skipped": result.skipped, **(result.moe or {})}
                 on_step(record)
                 if progress is not None:
                     progress(record)
@@ -254,21 +273,45 @@ class Trainer:
     def describe(self) -> dict[str, Any]:
         return {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
                 "parameters": self.num_params[0], "non_embedding_parameters": self.num_params[1],
+                "active_parameters": self.num_params[2],
                 "layout": self.layout.describe(), "world_size": self.layout.world_size,
                 "flops_per_token": self.flops_per_token, "peak_flops": self.peak_flops, "peak_source": self.peak_source,
                 "global_batch_sequences": self.global_batch, "micro_steps": self.micro_steps,
                 "model": asdict(self.cfg.model)}
 
 
+def moe_figures(values: list[float], n_layers: int) -> dict[str, Any]:
+    """Metrics of one step from the MoE layers' reduced stats (per layer: expert counts, DROPPED, AUX_LOSS, Z_LOSS,
+    PASSES). Ratios only: under activation checkpointing the recomputed forward counts everything twice."""
+    width = len(values) // n_layers
+    load, aux, z, dropped = [], 0.0, 0.0, 0.0
+    for row in (values[i * width:(i + 1) * width] for i in range(n_layers)):
+        counts, (n_dropped, aux_sum, z_sum, passes) = row[:-4], row[-4:]
+        total = sum(counts) or 1.0
+        load.append([round(c / total, 5) for c in counts])
+        aux += aux_sum / (passes or 1.0) / n_layers
+        z += z_sum / (passes or 1.0) / n_layers
+        dropped += n_dropped / total / n_layers
+    return {"moe_aux_loss": aux, "moe_z_loss": z, "moe_dropped_fraction": dropped, "moe_load": load,
+            "moe_max_load_ratio": max(max(row) * len(row) for row in load)}
+
+
 def clip_grad_norm(model: torch.nn.Module, max_norm: float) -> torch.Tensor:
     """Total gradient norm over all ranks (sharded DTensor gradients included); scales gradients down to `max_norm`
-    when it is > 0."""
-    params = [p for p in model.parameters() if p.grad is not None]
-    norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
-    if isinstance(norm, DTensor):
-        norm = norm.full_tensor()  # the sum of every shard's squares, all-reduced
+    when it is > 0. Gradients on different meshes (expert-parallel experts and the rest) are normed apart and
+    combined, since DTensor ops cannot mix meshes."""
+    by_mesh: dict[Any, list[torch.nn.Parameter]] = {}
+    for p in model.parameters():
+        if p.grad is not None:
+            by_mesh.setdefault(p.grad.device_mesh if isinstance(p.grad, DTensor) else None, []).append(p)
+    norms = []
+    for params in by_mesh.values():
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        norms.append(norm.full_tensor() if isinstance(norm, DTensor) else norm)  # every shard's squares, all-reduced
+    norm = norms[0] if len(norms) == 1 else torch.stack(norms).square().sum().sqrt()
     if max_norm > 0:
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=True)
+        for params in by_mesh.values():
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=True)
     return norm
 
 
