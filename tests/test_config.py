@@ -8,7 +8,7 @@ from shoal.errors import ConfigError
 
 def test_presets_load_and_validate():
     names = {p.stem for p in PRESETS_DIR.glob("*.toml")}
-    assert {"tiny", "gpt2-124m"} <= names
+    assert {"tiny", "tiny-moe", "gpt2-124m", "gpt2-124m-moe"} <= names
     for name in names:
         cfg = load_config(name)
         assert cfg.preset == name
@@ -47,6 +47,34 @@ def test_bad_values_name_the_key(override, words):
     assert "\n" not in message
     for word in words:
         assert word in message
+
+
+def test_moe_table_and_overrides():
+    cfg = load_config("tiny-moe", ["model.moe.top_k=1", 'model.moe.score_func="sigmoid"', "parallel.ep=4"])
+    assert (cfg.model.moe.n_experts, cfg.model.moe.top_k, cfg.model.moe.score_func) == (8, 1, "sigmoid")
+    assert config_from_dict(json.loads(json.dumps(cfg.to_dict()))).model.moe == cfg.model.moe
+    assert load_config("tiny").model.moe.n_experts == 0  # dense unless asked
+
+
+@pytest.mark.parametrize("override, words", [
+    ("model.moe.top_k=9", ["model.moe.top_k", "between 1 and model.moe.n_experts (8)"]),
+    ("model.moe.every=5", ["model.moe.every", "model.n_layers (4)"]),
+    ('model.moe.score_func="relu"', ["model.moe.score_func", "softmax or sigmoid"]),
+    ("model.moe.capacity_factor=-1", ["model.moe.capacity_factor", ">= 0"]),
+    ("model.moe.n_expert=4", ["unknown config key 'model.moe.n_expert'", "allowed in [model.moe]", "n_experts"]),
+    ("model.moe=4", ["model.moe", "is a table"]),
+    ("model.d_model.x=4", ["'model.d_model' is not a table"]),
+    ("parallel.ep=3", ["parallel.ep", "must divide model.moe.n_experts (8)"]),
+    ("parallel.tp=2", ["parallel.tp", "MoE", "parallel.ep"]),
+])
+def test_bad_moe_values_name_the_key(override, words):
+    with pytest.raises(ConfigError) as err:
+        load_config("tiny-moe", [override])
+    assert "\n" not in str(err.value)
+    for word in words:
+        assert word in str(err.value)
+    with pytest.raises(ConfigError, match="model.moe.n_experts is 0"):
+        load_config("tiny", ["parallel.ep=2"])
 
 
 def test_unknown_preset_and_bad_toml(tmp_path):

@@ -18,16 +18,20 @@ from ..conftest import small_overrides
     (8, {"tp": 2}, Layout(1, 4, 2)),
     (8, {"dp_replicate": 2, "tp": 2}, Layout(2, 2, 2)),
     (4, {"dp_replicate": 2, "dp_shard": 2}, Layout(2, 2, 1)),
+    (4, {"ep": 2}, Layout(1, 2, 1, ep=2)),  # expert-parallel ranks are data-parallel ranks too
+    (8, {"dp_replicate": 2, "ep": 4}, Layout(2, 1, 1, ep=4)),
 ])
 def test_resolve_layout(world, settings, expected):
     layout = resolve_layout(ParallelConfig(**settings), world)
-    assert layout == expected and layout.world_size == world and layout.dp == expected.dp_replicate * expected.dp_shard
+    assert layout == expected and layout.world_size == world
+    assert layout.dp == expected.dp_replicate * expected.dp_shard * expected.ep
 
 
 @pytest.mark.parametrize("world, settings, message", [
     (2, {"dp_shard": 4}, "needs 4 processes but this run has 2; launch with --nproc 4"),
     (1, {"tp": 2, "dp_shard": 1}, "needs 2 processes but this run has 1"),
     (6, {"tp": 4}, "tp = 4 does not divide the 6 processes"),
+    (6, {"ep": 4}, "parallel.ep . parallel.tp = 4 does not divide the 6 processes"),
 ])
 def test_layouts_that_do_not_fit_the_world_are_refused(world, settings, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):

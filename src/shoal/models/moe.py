@@ -248,8 +248,10 @@ def _grouped_mm_runs(x: Tensor) -> bool:
         return False
     if x.is_cuda:
         return x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device) >= (9, 0)
-    # The CPU kernel needs 16-byte aligned rows (and is missing before PyTorch 2.9).
-    return x.device.type == "cpu" and (x.shape[1] * x.element_size()) % 16 == 0 and torch.__version__ >= (2, 9)
+    # The CPU kernel needs 16-byte aligned rows (and is missing before PyTorch 2.9); torch.compile traces it with
+    # the CUDA kernel's shape rules, which accept bf16 only.
+    return (x.device.type == "cpu" and (x.shape[1] * x.element_size()) % 16 == 0 and torch.__version__ >= (2, 9)
+            and (x.dtype == torch.bfloat16 or not torch.compiler.is_compiling()))
 
 
 def _looped_swiglu(x: Tensor, w1: Tensor, w2: Tensor, w3: Tensor, counts: Tensor) -> Tensor:
