@@ -75,6 +75,8 @@ def test_bad_moe_values_name_the_key(override, words):
         assert word in str(err.value)
     with pytest.raises(ConfigError, match="model.moe.n_experts is 0"):
         load_config("tiny", ["parallel.ep=2"])
+    with pytest.raises(ConfigError, match="'model.moe.capacity_factor' must be 0 .dropless. with parallel.ep > 1"):
+        load_config("tiny-moe", ["parallel.ep=2", "model.moe.capacity_factor=1.25"])
 
 
 def test_unknown_preset_and_bad_toml(tmp_path):

@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
 from shoal import __version__
-from shoal.config import ModelConfig, config_from_dict
+from shoal.config import ModelConfig, config_from_dict, model_config_from_dict
 from shoal.data.tokenizer import load_tokenizer
 from shoal.errors import CheckpointError, ShoalError
 from shoal.io import atomic_write_json, describe_files, ensure_writable_dir, find_file_problem
@@ -83,7 +83,7 @@ def load_bundle(path: str | Path) -> LoadedModel:
     if problem:
         raise CheckpointError(f"bundle {path} is corrupt: {problem}")
     config = json.loads((path / "config.json").read_text())
-    model_cfg = ModelConfig(**config["model"])
+    model_cfg = model_config_from_dict(config["model"])
     model = _model_from_state(model_cfg, load_file(path / "model.safetensors"))
     return LoadedModel(model, load_tokenizer(path / "tokenizer.json"), {"source": str(path), **config["provenance"]})
 

@@ -247,6 +247,14 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return cfg
 
 
+def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
+    """Rebuild a ModelConfig saved with asdict (bundles), nested tables included, with the same type checks."""
+    cfg = Config()
+    for name, value in data.items():
+        _apply(cfg, f"model.{name}", value)
+    return cfg.model
+
+
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -306,6 +314,8 @@ def validate(cfg: Config) -> None:
         _require(m.moe.n_experts > 0, f"config key 'parallel.ep' ({p.ep}) splits MoE experts, but model.moe.n_experts is 0")
         _require(m.moe.n_experts % p.ep == 0,
                  f"config key 'parallel.ep' ({p.ep}) must divide model.moe.n_experts ({m.moe.n_experts})")
+        _require(m.moe.capacity_factor == 0, "config key 'model.moe.capacity_factor' must be 0 (dropless) with "
+                 "parallel.ep > 1: capacity routing runs on one rank's experts only")
     _require(m.moe.n_experts == 0 or p.tp == 1, "config key 'parallel.tp' must be 1 for MoE models (tensor parallel "
              "of routed experts is not supported); split experts with parallel.ep instead")
     _require(t.eval_batches >= 0, f"config key 'train.eval_batches' must be >= 0, got {t.eval_batches}")

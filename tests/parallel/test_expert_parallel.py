@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from shoal.bundle import load_run
+from shoal.bundle import export_bundle, load_bundle, load_run
 from shoal.config import load_config
 from shoal.train.checkpoint import verify
 from shoal.train.metrics import read_metrics
@@ -68,6 +68,10 @@ def test_expert_parallel_checkpoint_reshards(shared_root, tmp_path, single_moe_r
         assert torch.allclose(run.model.state_dict()[name], tensor, rtol=1e-4, atol=1e-6), name
     experts = run.model.layers[0].feed_forward.experts.w1
     assert experts.shape[0] == 4  # all four experts, gathered from the two ranks
+    bundle = load_bundle(export_bundle(out / "ep", tmp_path / "bundle"))  # exports and loads as a plain MoE model
+    tokens = torch.randint(0, 256, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(bundle.model(tokens), run.model.eval()(tokens))
     # Continue to step 7 in one process and with ep=2: same losses (weights and optimizer moments resharded alike).
     shutil.copytree(out / "ep", out / "continued-single")
     check(shoal_train(shared_root, "continued-single", extra=[*MOE, "train.steps=7", f'train.out_dir="{out}"']))

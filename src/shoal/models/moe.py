@@ -246,8 +246,8 @@ def _grouped_mm_runs(x: Tensor) -> bool:
     """torch._grouped_mm has bf16 kernels on Hopper-class GPUs and a CPU kernel in recent PyTorch releases."""
     if not hasattr(torch, "_grouped_mm"):
         return False
-    if x.is_cuda:
-        return x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device) >= (9, 0)
+    if x.is_cuda:  # get_device_properties, unlike get_device_capability, is folded to a constant by torch.compile
+        return x.dtype == torch.bfloat16 and torch.cuda.get_device_properties(x.device).major >= 9
     # The CPU kernel needs 16-byte aligned rows (and is missing before PyTorch 2.9); torch.compile traces it with
     # the CUDA kernel's shape rules, which accept bf16 only.
     return (x.device.type == "cpu" and (x.shape[1] * x.element_size()) % 16 == 0 and torch.__version__ >= (2, 9)
