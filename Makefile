@@ -27,6 +27,7 @@ test: setup
 bench: setup
 	$(PY) bench/train_throughput.py
 	$(PY) bench/scaling.py
+	$(PY) bench/moe.py
 
 lint: setup
 	$(VENV)/bin/ruff check src tests bench

@@ -34,19 +34,20 @@ def forward_and_grads(layer: MoE, x: torch.Tensor, forward) -> tuple[torch.Tenso
 
 
 @pytest.mark.parametrize("score_func, top_k", [("softmax", 2), ("sigmoid", 2), ("softmax", 1), ("sigmoid", 3)])
-@pytest.mark.parametrize("kernel", ["grouped_mm", "looped"])
+@pytest.mark.parametrize("kernel", ["grouped_mm", "looped", "unaligned"])
 def test_grouped_layer_equals_the_per_expert_loop(score_func, top_k, kernel, monkeypatch):
-    layer = make_moe(score_func=score_func, top_k=top_k)
+    # "unaligned": 10 hidden units are 40-byte rows, which grouped GEMM kernels refuse; the layer loops instead.
+    layer = make_moe(score_func=score_func, top_k=top_k, **({"d_ff": 10} if kernel == "unaligned" else {}))
     x = torch.randn(3, 10, D_MODEL)
     counts = sort_by_expert(layer.router(x.view(-1, D_MODEL)).experts, 6)[1]
     assert counts[3] == 0 and (counts > 0).sum() == 5  # one expert idle, the others busy
     if kernel == "looped":
-        monkeypatch.setattr(moe_module, "_grouped_mm_runs", lambda x: False)
+        monkeypatch.setattr(moe_module, "_grouped_mm_runs", lambda x, w1: False)
     got = forward_and_grads(layer, x, layer)
     expected = forward_and_grads(layer, x, lambda x: loop_reference(layer, x))
     names = ["output", "input grad", *[name for name, _ in layer.named_parameters()]]
     for name, a, b in zip(names, got, expected, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")  # summation order
     assert got[-1][3].abs().sum() == 0  # the idle expert's weights get no gradient (w3 here)
 
 
@@ -96,6 +97,9 @@ def test_capacity_routing_keeps_first_choices_first_and_counts_drops():
     roomy = make_moe(capacity_factor=float(e))
     torch.testing.assert_close(roomy(x), loop_reference(roomy, x), rtol=1e-5, atol=1e-6)
     assert roomy.stats[6 + DROPPED] == 0
+    # Evaluation routes dropless: a token's output must not depend on what else is in its batch.
+    layer.eval()
+    torch.testing.assert_close(layer(x), loop_reference(layer, x), rtol=1e-5, atol=1e-5)
 
 
 def test_balancing_losses_have_their_textbook_values():
@@ -124,7 +128,7 @@ def test_balancing_losses_train_the_router_with_the_trainers_scale():
     layer.zero_grad()
     aux, z = layer._balancing_losses(layer.router(x))
     (loop_reference(layer, x).sum() + 0.25 * (0.5 * aux + 0.1 * z)).backward()
-    torch.testing.assert_close(got, layer.router.gate.weight.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(got, layer.router.gate.weight.grad, rtol=1e-4, atol=1e-5)
     layer.zero_grad()
     loop_reference(layer, x).sum().backward()
     assert (got - layer.router.gate.weight.grad).abs().max() > 1e-3  # the balancing losses did contribute

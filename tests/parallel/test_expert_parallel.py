@@ -46,6 +46,11 @@ def test_expert_parallel_matches_the_single_process_losses(name, shared_root, tm
     assert sorted(got) == sorted(expected) == [1, 2, 3, 4, 5]
     for step, loss in expected.items():
         assert got[step] == pytest.approx(loss, rel=1e-5), step
+    # Adam hardly notices a gradient scaled by a constant, the gradient norm does: the experts' gradients are means.
+    norms = {name: {r["step"]: r["grad_norm"] for r in read_metrics(run / "metrics.jsonl") if "grad_norm" in r}
+             for name, run in (("single", single_moe_run), ("parallel", tmp_path / name))}
+    for step, norm in norms["single"].items():
+        assert norms["parallel"][step] == pytest.approx(norm, rel=1e-5), step
     # The routing figures are reduced over the ranks: the same loads and balancing losses as one process.
     single, parallel = moe_records(single_moe_run), moe_records(tmp_path / name)
     for step in expected:

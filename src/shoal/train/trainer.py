@@ -194,8 +194,9 @@ class Trainer:
 
     def check_resumable(self, facts: dict[str, Any]) -> None:
         """Raise unless a checkpoint with these facts (its "trainer" entry) continues this run exactly."""
-        saved_model, model = facts["config"]["model"], asdict(self.cfg.model)
-        changed = [f"model.{k}: checkpoint {v!r}, config {model[k]!r}" for k, v in saved_model.items() if model.get(k) != v]
+        saved_model, model = _shape(facts["config"]["model"]), _shape(asdict(self.cfg.model))
+        changed = [f"model.{k}: checkpoint {v!r}, config {model.get(k)!r}" for k, v in saved_model.items()
+                   if model.get(k) != v]
         if changed:
             raise CheckpointError(f"checkpoint was trained with another model shape ({'; '.join(changed)}); "
                                   "use the same [model] settings or start a new run")
@@ -280,9 +281,21 @@ class Trainer:
                 "model": asdict(self.cfg.model)}
 
 
+# MoE settings a resumed run may change: they steer training, the weights fit any of them.
+_MOE_TRAINING_KNOBS = ("aux_loss_coef", "z_loss_coef", "capacity_factor", "bias_update_speed")
+
+
+def _shape(model: dict[str, Any]) -> dict[str, Any]:
+    """The model settings a checkpoint's weights depend on, flattened (model.moe.x as moe.x)."""
+    flat = {k: v for k, v in model.items() if k != "moe"}
+    flat.update({f"moe.{k}": v for k, v in (model.get("moe") or {}).items() if k not in _MOE_TRAINING_KNOBS})
+    return flat
+
+
 def moe_figures(values: list[float], n_layers: int) -> dict[str, Any]:
     """Metrics of one step from the MoE layers' reduced stats (per layer: expert counts, DROPPED, AUX_LOSS, Z_LOSS,
-    PASSES). Ratios only: under activation checkpointing the recomputed forward counts everything twice."""
+    PASSES). Shares and means only, so they do not depend on how many forward passes (micro-batches, activation
+    checkpointing's recomputation) were counted."""
     width = len(values) // n_layers
     load, aux, z, dropped = [], 0.0, 0.0, 0.0
     for row in (values[i * width:(i + 1) * width] for i in range(n_layers)):
