@@ -77,6 +77,8 @@ def test_bad_moe_values_name_the_key(override, words):
         load_config("tiny", ["parallel.ep=2"])
     with pytest.raises(ConfigError, match="'model.moe.capacity_factor' must be 0 .dropless. with parallel.ep > 1"):
         load_config("tiny-moe", ["parallel.ep=2", "model.moe.capacity_factor=1.25"])
+    with pytest.raises(ConfigError, match="'parallel.activation_checkpoint' must be none or block with parallel.ep > 1"):
+        load_config("tiny-moe", ["parallel.ep=2", 'parallel.activation_checkpoint="selective"'])
 
 
 def test_unknown_preset_and_bad_toml(tmp_path):

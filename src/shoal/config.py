@@ -316,6 +316,10 @@ def validate(cfg: Config) -> None:
                  f"config key 'parallel.ep' ({p.ep}) must divide model.moe.n_experts ({m.moe.n_experts})")
         _require(m.moe.capacity_factor == 0, "config key 'model.moe.capacity_factor' must be 0 (dropless) with "
                  "parallel.ep > 1: capacity routing runs on one rank's experts only")
+        # The experts' own FSDP unit inside a checkpointed block gathers differently when recomputed, which
+        # selective checkpointing's op-by-op replay cannot follow.
+        _require(p.activation_checkpoint != "selective", "config key 'parallel.activation_checkpoint' must be none "
+                 "or block with parallel.ep > 1 (selective checkpointing does not support expert parallel)")
     _require(m.moe.n_experts == 0 or p.tp == 1, "config key 'parallel.tp' must be 1 for MoE models (tensor parallel "
              "of routed experts is not supported); split experts with parallel.ep instead")
     _require(t.eval_batches >= 0, f"config key 'train.eval_batches' must be >= 0, got {t.eval_batches}")

@@ -24,6 +24,7 @@ MOE = ["model.moe.n_experts=4", "model.moe.top_k=2", "model.moe.d_ff=96", "model
 LAYOUTS = {
     "ep2": (2, ["parallel.ep=2"]),
     "ep2-fsdp2": (4, ["parallel.ep=2", "parallel.dp_shard=2"]),
+    "ep2-hsdp2-block-ac": (4, ["parallel.ep=2", "parallel.dp_replicate=2", 'parallel.activation_checkpoint="block"']),
 }
 
 

@@ -34,10 +34,8 @@ AC_MODES = ("none", "block", "selective")
 _SAVED_OPS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
               torch.ops.aten._scaled_dot_product_flash_attention.default,
               torch.ops.aten._scaled_dot_product_efficient_attention.default,
-              torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,
-              # MoE: the experts' grouped GEMMs, and the expert-parallel token exchange (torchtitan saves it too).
-              torch.ops._c10d_functional.all_to_all_single.default}
-if hasattr(torch.ops.aten, "_grouped_mm"):
+              torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default}
+if hasattr(torch.ops.aten, "_grouped_mm"):  # MoE experts
     _SAVED_OPS.add(torch.ops.aten._grouped_mm.default)
 
 
