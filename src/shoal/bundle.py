@@ -20,6 +20,7 @@ from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
 from shoal import __version__
 from shoal.config import ModelConfig, config_from_dict, model_config_from_dict
+from shoal.data.governance.card import CARD_FILE
 from shoal.data.tokenizer import load_tokenizer
 from shoal.errors import CheckpointError, ShoalError
 from shoal.io import atomic_write_json, describe_files, ensure_writable_dir, find_file_problem
@@ -28,6 +29,7 @@ from shoal.train.checkpoint import CheckpointManager, read_facts
 
 BUNDLE_FORMAT = "shoal.bundle/1"
 BUNDLE_FILES = ["model.safetensors", "tokenizer.json", "config.json"]
+OPTIONAL_FILES = [CARD_FILE]  # the training data's card, when the run has one
 
 
 @dataclass
@@ -75,7 +77,8 @@ def load_bundle(path: str | Path) -> LoadedModel:
         manifest = json.loads((path / "manifest.json").read_text())
     except (OSError, ValueError):
         raise CheckpointError(f"{path} is not a shoal bundle (no readable manifest.json)") from None
-    if not isinstance(manifest, dict) or set(manifest.get("files") or {}) != set(BUNDLE_FILES):
+    listed = set(manifest.get("files") or {}) if isinstance(manifest, dict) else set()
+    if not set(BUNDLE_FILES) <= listed <= set(BUNDLE_FILES + OPTIONAL_FILES):
         raise CheckpointError(f"{path}/manifest.json is malformed: it must list {', '.join(BUNDLE_FILES)}")
     if manifest.get("format") != BUNDLE_FORMAT:
         raise CheckpointError(f"{path} has bundle format {manifest.get('format')!r}, expected {BUNDLE_FORMAT!r}")
@@ -118,7 +121,11 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path) -> Path:
         provenance.update(run=str(run_dir), exported=time.strftime("%Y-%m-%dT%H:%M:%S%z"), shoal_version=__version__)
         atomic_write_json(tmp / "config.json", {"model": asdict(model_cfg), "provenance": provenance,
                                                 "training": loaded.info["config"]})
-        atomic_write_json(tmp / "manifest.json", {"format": BUNDLE_FORMAT, "files": describe_files(tmp, BUNDLE_FILES)})
+        files = list(BUNDLE_FILES)
+        if (Path(run_dir) / CARD_FILE).is_file():  # the data card travels with the model
+            shutil.copyfile(Path(run_dir) / CARD_FILE, tmp / CARD_FILE)
+            files.append(CARD_FILE)
+        atomic_write_json(tmp / "manifest.json", {"format": BUNDLE_FORMAT, "files": describe_files(tmp, files)})
         if out_dir.exists():
             out_dir.rmdir()
         tmp.rename(out_dir)

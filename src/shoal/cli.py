@@ -81,9 +81,11 @@ def data_prepare(config: ConfigOption = "tiny", overrides: SetOption = None) -> 
     cfg = _load(config, overrides)
     prepared = prepare_dataset(cfg.data, progress=cfg.logging.progress)
     m = prepared.manifest
+    removed = {reason: r["documents"] for reason, r in m.get("filters", {}).get("removed", {}).items() if r["documents"]}
     typer.echo(f"dataset {prepared.fingerprint[:16]}: {m['documents']['train']:,} + {m['documents']['val']:,} documents, "
                f"{m['tokens']['train']:,} train + {m['tokens']['val']:,} validation tokens, vocab {m['vocab_size']}; "
-               f"in {prepared.folder}")
+               + (f"removed: {', '.join(f'{n} {reason}' for reason, n in removed.items())}; " if removed else "")
+               + f"card and shards in {prepared.folder}")
 
 
 @data_app.command("audit")
@@ -99,13 +101,8 @@ def data_audit(sources: Annotated[list[str], typer.Argument(help="Folders, files
     """Find duplicates, personal data, license problems, contamination and suspicious documents; write a report."""
     from shoal.data.governance.audit import audit
 
-    declared = {}
-    for item in license_ or []:
-        source, sep, spdx = item.rpartition("=")
-        if not sep or not source or not spdx:
-            raise ShoalError(f"--license must look like SOURCE=SPDX (e.g. ./corpus=MIT), got {item!r}")
-        declared[source] = spdx
-    report = audit(sources, out, eval_sources or [], glob=glob, declared=declared, workers=workers, progress=progress)
+    report = audit(sources, out, eval_sources or [], glob=glob, declared=license_ or [], workers=workers,
+                   progress=progress)
     r, dup, pii = report["read"], report["duplicates"], report["personal_data"]
     contamination = report["contamination"]
     typer.echo(f"{r['documents']:,} documents ({r['bytes'] / 1e6:.1f} MB, {sum(r['skipped'].values())} skipped): "

@@ -65,6 +65,14 @@ class DataConfig:
     val_fraction: float = 0.02
     prepared_dir: str = "prepared"
     shard_tokens: int = 100_000_000
+    # Fixes applied before tokenizing (docs/data-governance.md):
+    dedup: bool = True  # keep the first document of each near-duplicate cluster
+    redact_pii: bool = True  # replace e-mail and IP addresses, phone numbers and credentials by typed markers
+    decontaminate: bool = True  # drop the overlap between training and evaluation text (validation split, eval_sources)
+    eval_sources: list[str] = field(default_factory=list)  # evaluation sets to keep out of training
+    contamination_ngram: int = 13
+    contamination_threshold: float = 0.2  # share of a document's n-grams found on the other side
+    licenses: list[str] = field(default_factory=list)  # "SOURCE=SPDX" declarations for the dataset card
 
 
 @dataclass
@@ -285,6 +293,10 @@ def validate(cfg: Config) -> None:
     _require(d.vocab_size >= 257, f"config key 'data.vocab_size' must be >= 257 (256 bytes + end of text), got {d.vocab_size}")
     _require(0.0 < d.val_fraction < 0.5, f"config key 'data.val_fraction' must be in (0, 0.5), got {d.val_fraction}")
     _require(len(d.sources) > 0, "config key 'data.sources' must name at least one source (or \"stdlib\")")
+    _require(d.contamination_ngram > 0, f"config key 'data.contamination_ngram' must be a positive integer, got "
+             f"{d.contamination_ngram}")
+    _require(0 < d.contamination_threshold <= 1, "config key 'data.contamination_threshold' must be in (0, 1], got "
+             f"{d.contamination_threshold}")
     _require(t.seq_len <= m.max_seq_len,
              f"config key 'train.seq_len' ({t.seq_len}) must be <= model.max_seq_len ({m.max_seq_len})")
     micro_tokens = t.seq_len * t.micro_batch_size

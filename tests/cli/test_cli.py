@@ -108,9 +108,14 @@ def test_export_bundle_generates_like_the_run(trained_run, tmp_path):
     bundle = tmp_path / "bundle"
     result = shoal("export", str(trained_run), "--out", str(bundle))
     assert result.returncode == 0, result.stderr
-    assert {p.name for p in bundle.iterdir()} == {"model.safetensors", "tokenizer.json", "config.json", "manifest.json"}
+    assert {p.name for p in bundle.iterdir()} == {"model.safetensors", "tokenizer.json", "config.json", "manifest.json",
+                                                  "dataset_card.md"}
     config = json.loads((bundle / "config.json").read_text())
-    assert config["provenance"]["step"] == 12 and len(config["provenance"]["dataset_fingerprint"]) == 64
+    fingerprint = config["provenance"]["dataset_fingerprint"]
+    assert config["provenance"]["step"] == 12 and len(fingerprint) == 64
+    # The model can be traced to its data: the card in the run and the bundle names the dataset's fingerprint.
+    assert json.loads((trained_run / "run.json").read_text())["dataset"]["fingerprint"] == fingerprint
+    assert fingerprint in (bundle / "dataset_card.md").read_text() == (trained_run / "dataset_card.md").read_text()
     args = ["def load(", "--max-tokens", "20", "--seed", "1"]
     assert shoal("generate", str(bundle), *args).stdout == shoal("generate", str(trained_run), *args).stdout
 

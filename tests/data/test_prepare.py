@@ -33,7 +33,7 @@ def test_prepare_end_to_end(corpus_cfg: DataConfig, make_docs) -> None:
     docs = make_docs(60)
     assert prepared.folder == Path(corpus_cfg.prepared_dir) / prepared.fingerprint[:16]
     assert (m["format"], m["dtype"], m["settings"]["vocab_size"]) == ("shoal.tokens/1", "uint16", 320)
-    assert m["sources"] == [{"spec": corpus_cfg.sources[0], "files": 31,
+    assert m["sources"] == [{"spec": corpus_cfg.sources[0], "files": 31, "license": None,
                              "bytes": sum(p.stat().st_size for p in Path(corpus_cfg.sources[0]).iterdir())}]
     assert m["inputs_sha256"]["count"] == 31 and len(m["inputs_sha256"]["files"]) == 31
     # Documents, in file order, come back exactly from the shards, each in the split its text hashes to.

@@ -15,6 +15,8 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from shoal.config import DataConfig
+from shoal.data.governance.card import CARD_FILE, render_card
+from shoal.data.governance.filtering import DocumentFilter
 from shoal.data.inputs import InputFile, check_unchanged, fingerprint, hash_inputs, inputs_summary
 from shoal.data.prepared import FORMAT, MANIFEST_FILE, TOKENIZER_FILE, PreparedData, load_prepared
 from shoal.data.progress import PhaseProgress
@@ -27,7 +29,7 @@ from shoal.io import atomic_write_json, ensure_writable_dir, fsync_dir, sha256_f
 
 __all__ = ["PIPELINE_VERSION", "PreparedData", "load_prepared", "prepare_dataset"]
 
-PIPELINE_VERSION = 1  # bump whenever the same inputs and settings would give different output
+PIPELINE_VERSION = 2  # bump whenever the same inputs and settings would give different output
 ENCODE_BATCH_BYTES = 2 << 20  # text per encode_batch call: enough work for every core, bounded memory
 ENCODE_BATCH_DOCS = 4096
 
@@ -35,7 +37,10 @@ ENCODE_BATCH_DOCS = 4096
 def _settings(cfg: DataConfig) -> dict[str, Any]:
     # shard_tokens is here too: windows never cross a shard, so the shard layout changes the training stream.
     return {"vocab_size": cfg.vocab_size, "val_fraction": cfg.val_fraction, "glob": cfg.glob,
-            "shard_tokens": cfg.shard_tokens, "pipeline_version": PIPELINE_VERSION}
+            "shard_tokens": cfg.shard_tokens, "pipeline_version": PIPELINE_VERSION, "dedup": cfg.dedup,
+            "redact_pii": cfg.redact_pii, "decontaminate": cfg.decontaminate,
+            "contamination_ngram": cfg.contamination_ngram, "contamination_threshold": cfg.contamination_threshold,
+            "licenses": sorted(cfg.licenses)}
 
 
 def _cached(folder: Path, fp: str) -> PreparedData | None:
@@ -51,11 +56,15 @@ def _cached(folder: Path, fp: str) -> PreparedData | None:
 def prepare_dataset(cfg: DataConfig, progress: bool = True) -> PreparedData:
     """Prepare `cfg`'s sources into `prepared_dir/<fingerprint[:16]>`, or return that folder if already complete."""
     files = resolve_sources(cfg.sources, cfg.glob)
+    eval_files = resolve_sources(cfg.eval_sources, cfg.glob) if cfg.eval_sources and cfg.decontaminate else []
+    filters = DocumentFilter(cfg, files, eval_files)  # checks the license declarations before any work
     root = ensure_writable_dir(cfg.prepared_dir)
     settings = _settings(cfg)
     with PhaseProgress(progress) as bar:
         inputs = hash_inputs(files, bar)
-        fp = fingerprint(inputs, settings)
+        eval_inputs = hash_inputs(eval_files, bar) if eval_files else []
+        # Evaluation files are inputs too (what they contain decides what training drops), marked apart.
+        fp = fingerprint(inputs + eval_inputs, {**settings, "eval_inputs": len(eval_inputs)})
         final = root / fp[:16]
         cached = _cached(final, fp)
         if cached is not None:
@@ -65,8 +74,8 @@ def prepare_dataset(cfg: DataConfig, progress: bool = True) -> PreparedData:
         tmp = root / f".{final.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
         tmp.mkdir()
         try:
-            manifest = _build(tmp, inputs, fp, settings, cfg, bar)
-            check_unchanged(inputs)
+            manifest = _build(tmp, inputs, fp, settings, cfg, filters, bar)
+            check_unchanged(inputs + eval_inputs)
             return _publish(tmp, final, fp, manifest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful publish
@@ -89,18 +98,25 @@ def _publish(tmp: Path, final: Path, fp: str, manifest: dict[str, Any]) -> Prepa
     return PreparedData(folder=final, manifest=manifest)
 
 
-def _train(files: list[SourceFile], cfg: DataConfig, total_bytes: int, bar: PhaseProgress) -> Tokenizer:
+def _kept_documents(files: list[SourceFile], cfg: DataConfig, filters: DocumentFilter,
+                    bar: PhaseProgress) -> Iterator[tuple[str, str]]:
+    """(split, text to tokenize) of every document the filters keep; the split is decided by the original text."""
+    for doc in iter_documents(files):
+        bar.advance(len(doc.text.encode("utf-8")))
+        if filters.keeps(doc):
+            yield split_of(doc.text, cfg.val_fraction), filters.text(doc)
+
+
+def _train(files: list[SourceFile], cfg: DataConfig, filters: DocumentFilter, total_bytes: int,
+           bar: PhaseProgress) -> Tokenizer:
     """Train on the training split only, streaming; fail early if either split would be empty."""
     documents = dict.fromkeys(SPLITS, 0)
 
     def train_texts() -> Iterator[str]:
-        for doc in iter_documents(files):
-            data = doc.text.encode("utf-8")
-            split = split_of(doc.text, cfg.val_fraction)
+        for split, text in _kept_documents(files, cfg, filters, bar):
             documents[split] += 1
-            bar.advance(len(data))
             if split == TRAIN:  # validation text never shapes the vocabulary
-                yield doc.text
+                yield text
         bar.rename("tokenizer merges")  # all text read; the merges are computed after the last document
 
     bar.phase("tokenizer training", total_bytes + 1)  # one byte short of done, so the clock runs through the merges
@@ -156,10 +172,11 @@ def _entropy_nats(counts: np.ndarray) -> float:
 
 
 def _build(tmp: Path, inputs: list[InputFile], fp: str, settings: dict[str, Any], cfg: DataConfig,
-           bar: PhaseProgress) -> dict[str, Any]:
+           filters: DocumentFilter, bar: PhaseProgress) -> dict[str, Any]:
     files = [item.source for item in inputs]
     total_bytes = sum(item.size for item in inputs)
-    tok = _train(files, cfg, total_bytes, bar)
+    filtered = filters.plan(bar, total_bytes)
+    tok = _train(files, cfg, filters, total_bytes, bar)
     tok.save(str(tmp / TOKENIZER_FILE))
     vocab_size, eot = tok.get_vocab_size(), eot_id(tok)
     dtype = token_dtype(vocab_size)
@@ -167,19 +184,19 @@ def _build(tmp: Path, inputs: list[InputFile], fp: str, settings: dict[str, Any]
     encoders = {split: _SplitEncoder(tok, eot, ShardWriter(tmp, split, dtype, cfg.shard_tokens), vocab_size)
                 for split in SPLITS}
     bar.phase("tokenizing", total_bytes)
-    for doc in iter_documents(files):
-        nbytes = len(doc.text.encode("utf-8"))
-        encoders[split_of(doc.text, cfg.val_fraction)].add(doc.text, nbytes)
-        bar.advance(nbytes)
+    for split, text in _kept_documents(files, cfg, filters, bar):
+        encoders[split].add(text, len(text.encode("utf-8")))
     for encoder in encoders.values():
         encoder.flush()
     shards = {split: encoder.writer.close() for split, encoder in encoders.items()}
     bar.done()
 
+    licenses = {entry["source"]: entry["license"] for entry in filtered.licenses}
     sources = []
     for spec in dict.fromkeys(cfg.sources):  # a spec listed twice is one source
         mine = [item for item in inputs if item.source.source == spec]
-        sources.append({"spec": spec, "files": len(mine), "bytes": sum(item.size for item in mine)})
+        sources.append({"spec": spec, "files": len(mine), "bytes": sum(item.size for item in mine),
+                        "license": licenses.get(spec)})
     manifest = {
         "format": FORMAT,
         "fingerprint": fp,
@@ -196,6 +213,9 @@ def _build(tmp: Path, inputs: list[InputFile], fp: str, settings: dict[str, Any]
         "tokenizer_sha256": sha256_file(tmp / TOKENIZER_FILE),
         "unigram_entropy_nats": _entropy_nats(encoders[TRAIN].counts),
         "settings": settings,
+        "filters": filtered.summary(),
     }
+    (tmp / CARD_FILE).write_text(render_card(manifest), encoding="utf-8")
+    manifest["card_sha256"] = sha256_file(tmp / CARD_FILE)
     atomic_write_json(tmp / MANIFEST_FILE, manifest)  # written last: its presence marks the folder complete
     return manifest

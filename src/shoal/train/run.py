@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from shoal.config import Config
+from shoal.data.governance.card import CARD_FILE
 from shoal.data.prepare import prepare_dataset
 from shoal.errors import CheckpointError
 from shoal.hardware import peak_memory_bytes, pick_device
@@ -124,9 +125,12 @@ def _run(cfg: Config, info: ProcessInfo, resume: str, console: Console) -> dict[
     if info.is_main:
         atomic_write_json(run_dir / "config.json", trainer.cfg.to_dict())
         shutil.copyfile(data.tokenizer_path, run_dir / "tokenizer.json")
+        if (data.folder / CARD_FILE).is_file():  # the data card travels with the run, then the exported model
+            shutil.copyfile(data.folder / CARD_FILE, run_dir / CARD_FILE)
         atomic_write_json(run_dir / "run.json", {**d, "dataset": {
             "folder": str(data.folder), "fingerprint": data.fingerprint, "tokens": data.manifest["tokens"],
-            "unigram_entropy_nats": unigram}})
+            "unigram_entropy_nats": unigram, "card_sha256": data.manifest.get("card_sha256"),
+            "filters": {reason: r["documents"] for reason, r in data.manifest.get("filters", {}).get("removed", {}).items()}}})
     where = f"{d['world_size']} processes ({d['layout']}) on {d['device'].split(':')[0]}" if d["world_size"] > 1 \
         else d["device"]
     console.print(f"model: {d['parameters'] / 1e6:.2f}M parameters, {cfg.train.steps} steps of "

@@ -72,7 +72,7 @@ def test_cli_audit_and_a_bad_license_declaration(tmp_path):
     assert "documents" in result.stdout and (tmp_path / "out" / "report.md").is_file()
     assert json.loads((tmp_path / "out" / "report.json").read_text())["licenses"][0]["license"] == "CC-BY-4.0"
     assert_one_line_error(shoal("data", "audit", str(tmp_path / "c"), "--license", "MIT", "--out", str(tmp_path / "x")),
-                          "--license must look like SOURCE=SPDX")
+                          "must look like SOURCE=SPDX")
     assert not (tmp_path / "x").exists()
     assert_one_line_error(shoal("data", "audit", str(tmp_path / "c"), "--license", "elsewhere=MIT", "--out",
                                 str(tmp_path / "x")), "not among the sources")

@@ -58,7 +58,7 @@ def test_look_alikes_are_not_findings(text):
     assert find_personal_data(text) == []
 
 
-def test_redact_replaces_each_finding_with_its_typed_placeholder():
+def test_redact_replaces_each_finding_with_its_typed_marker():
     text = f"mail jane@acme.io from 8.8.8.8, call +1 415 555 2671, key {AWS_KEY}.\n{PRIVATE_KEY}\nversion 1.2.3.4"
     findings = find_personal_data(text)
     assert count_by_kind(findings) == {"email": 1, "ip_address": 1, "phone_number": 1, "credential": 1,

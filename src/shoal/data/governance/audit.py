@@ -21,8 +21,8 @@ from typing import Any
 
 from shoal.data.governance.contamination import NgramIndex
 from shoal.data.governance.dedup import Deduplicator, content_hash
-from shoal.data.governance.licenses import SourceLicenses, license_files
-from shoal.data.governance.pii import PLACEHOLDERS, find_personal_data
+from shoal.data.governance.licenses import SourceLicenses, license_files, parse_declared_licenses, source_key
+from shoal.data.governance.pii import MARKERS, find_personal_data
 from shoal.data.governance.poisoning import TriggerFinder, document_features, robust_outliers
 from shoal.data.governance.reading import ReadLog, read_documents, resolve_tolerantly
 from shoal.data.progress import PhaseProgress
@@ -31,7 +31,6 @@ from shoal.errors import DataError
 from shoal.io import atomic_write_json, atomic_write_text, check_can_create_dir, ensure_writable_dir
 
 FORMAT = "shoal.audit/1"
-KNOWN_LICENSES = {STDLIB_SPEC: "PSF-2.0"}  # the default corpus: the Python standard library
 
 
 @dataclass(frozen=True)
@@ -80,35 +79,26 @@ def _mask(text: str) -> str:
     return text[:2] + "…" if len(text) > 2 else "…"
 
 
-def _same_source(spec: str) -> str:
-    """Sources compare by absolute path ("./corpus/" and "corpus" are one source)."""
-    return spec if spec == STDLIB_SPEC else os.path.abspath(spec)
-
-
 def _file_of(origin: str, files: dict[str, str]) -> str:
     """The file a document came from: its origin, or the origin without ":line" / ":row" (JSONL, Parquet)."""
     return origin if origin in files else origin.rsplit(":", 1)[0]
 
 
 def audit(sources: list[str], out_dir: str | Path, eval_sources: list[str] | None = None, glob: str = "**/*",
-          declared: dict[str, str] | None = None, settings: AuditSettings = AuditSettings(), workers: int = 0,
+          declared: list[str] | None = None, settings: AuditSettings = AuditSettings(), workers: int = 0,
           progress: bool = True) -> dict[str, Any]:
     """Audit `sources` (and contamination of `eval_sources`); writes report.json, report.md and audit.png."""
     start = time.perf_counter()
     if workers <= 0:  # all the cores this process may use
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     check_can_create_dir(out_dir)  # every refusal comes before anything is written
-    declared = {_same_source(k): v for k, v in {**KNOWN_LICENSES, **(declared or {})}.items()}
-    unknown = sorted(set(declared) - {_same_source(s) for s in sources} - set(KNOWN_LICENSES))
-    if unknown:
-        raise DataError(f"a license is declared for {', '.join(unknown)}, which is not among the sources audited; "
-                        "use SOURCE=SPDX with a source given on the command line")
+    declared_by_source = parse_declared_licenses(declared or [], sources)
     log = ReadLog()
     files = resolve_tolerantly(sources, glob, log)
     if not files:
         raise DataError(f"no files found in {', '.join(sources)}; check the paths and --glob")
     source_of_file = {str(sf.path): sf.source for sf in files}
-    licenses = {spec: SourceLicenses(spec, declared.get(_same_source(spec))) for spec in dict.fromkeys(sources)}
+    licenses = {spec: SourceLicenses(spec, declared_by_source.get(source_key(spec))) for spec in dict.fromkeys(sources)}
     for spec, entry in licenses.items():
         if spec != STDLIB_SPEC and Path(spec).is_dir():
             entry.files = license_files(Path(spec))
@@ -174,7 +164,7 @@ def audit(sources: list[str], out_dir: str | Path, eval_sources: list[str] | Non
             "clusters": len(clusters),
             "largest": [{"kept": c.kept, "size": c.size, "exact": c.exact[:5], "near": c.near[:5]} for c in clusters[:10]]},
         "personal_data": {"documents_with_findings": pii_documents,
-                          "counts": {kind: pii_counts.get(kind, 0) for kind in PLACEHOLDERS}, "examples": pii_examples},
+                          "counts": {kind: pii_counts.get(kind, 0) for kind in MARKERS}, "examples": pii_examples},
         "licenses": [{"source": e.source, "license": e.license, "declared": e.declared, "files": e.files,
                       "documents_stating": dict(e.documents), "documents_without": e.unlicensed_documents,
                       "conflicts": [list(c) for c in e.conflicts[:10]], "problems": e.problems}

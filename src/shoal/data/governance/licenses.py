@@ -7,10 +7,14 @@ licenses apart; anything else is reported as found but unrecognized, never guess
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from shoal.data.sources import STDLIB_SPEC
+from shoal.errors import DataError
 
 LICENSE_FILE = re.compile(r"^(?:licen[cs]e|copying|unlicense)(?:[-_.][\w.-]*)?$", re.IGNORECASE)
 SPDX_HEADER = re.compile(r"SPDX-License-Identifier:\s*([A-Za-z0-9.+()\- ]+?)\s*(?:\*/|-->|$)", re.MULTILINE)
@@ -120,3 +124,27 @@ def license_files(folder: Path, max_files: int = 20) -> dict[str, str | None]:
                 except OSError:
                     found[str(path.relative_to(folder))] = None
     return found
+
+
+KNOWN_LICENSES = {STDLIB_SPEC: "PSF-2.0"}  # the default corpus: the Python standard library
+
+
+def source_key(spec: str) -> str:
+    """Sources compare by absolute path ("./corpus/" and "corpus" are one source)."""
+    return spec if spec == STDLIB_SPEC else os.path.abspath(spec)
+
+
+def parse_declared_licenses(items: list[str], sources: list[str]) -> dict[str, str]:
+    """`SOURCE=SPDX` declarations (config `data.licenses`, `--license`) keyed by source_key; each must name a source."""
+    declared = {}
+    for item in items:
+        source, sep, spdx = item.rpartition("=")
+        if not sep or not source or not spdx:
+            raise DataError(f"a license declaration (--license or data.licenses) must look like SOURCE=SPDX "
+                            f"(e.g. ./corpus=MIT), got {item!r}")
+        declared[source_key(source)] = spdx
+    unknown = sorted(set(declared) - {source_key(s) for s in sources})
+    if unknown:
+        raise DataError(f"a license is declared for {', '.join(unknown)}, which is not among the sources "
+                        f"({', '.join(sources)}); declare licenses for listed sources only")
+    return {**{source_key(k): v for k, v in KNOWN_LICENSES.items()}, **declared}

@@ -14,7 +14,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-PLACEHOLDERS = {"email": "<EMAIL>", "ip_address": "<IP_ADDRESS>", "phone_number": "<PHONE_NUMBER>",
+MARKERS = {"email": "<EMAIL>", "ip_address": "<IP_ADDRESS>", "phone_number": "<PHONE_NUMBER>",
                 "credential": "<CREDENTIAL>", "private_key": "<PRIVATE_KEY>"}
 
 # Domains reserved for documentation and tests (RFC 2606, RFC 6761): addresses there belong to nobody.
@@ -57,7 +57,7 @@ _PRIVATE_KEY = re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----.*?-----EN
 
 @dataclass(frozen=True)
 class Finding:
-    kind: str  # a key of PLACEHOLDERS
+    kind: str  # a key of MARKERS
     start: int
     end: int
     text: str
@@ -132,11 +132,11 @@ def redact(text: str, findings: list[Finding] | None = None) -> str:
     findings = find_personal_data(text) if findings is None else findings
     parts, position = [], 0
     for f in sorted(findings, key=lambda f: f.start):
-        parts += [text[position:f.start], PLACEHOLDERS[f.kind]]
+        parts += [text[position:f.start], MARKERS[f.kind]]
         position = f.end
     return "".join(parts) + text[position:]
 
 
 def count_by_kind(findings: list[Finding]) -> dict[str, int]:
     counts = Counter(f.kind for f in findings)
-    return {kind: counts.get(kind, 0) for kind in PLACEHOLDERS}
+    return {kind: counts.get(kind, 0) for kind in MARKERS}
