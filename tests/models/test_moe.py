@@ -47,7 +47,7 @@ def test_grouped_layer_equals_the_per_expert_loop(score_func, top_k, kernel, mon
     expected = forward_and_grads(layer, x, lambda x: loop_reference(layer, x))
     names = ["output", "input grad", *[name for name, _ in layer.named_parameters()]]
     for name, a, b in zip(names, got, expected, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")  # summation order
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")  # sum order
     assert got[-1][3].abs().sum() == 0  # the idle expert's weights get no gradient (w3 here)
 
 
