@@ -126,3 +126,16 @@ def test_cli_prepare_reports_removals_and_a_missing_eval_source(corpus):
     missing = [a if "eval" not in a else f'data.eval_sources=["{corpus["tmp"] / "nope"}"]' for a in sets]
     assert_one_line_error(shoal("data", "prepare", *missing), "nope")
     assert json.loads(next((corpus["tmp"] / "p").glob("*/manifest.json")).read_text())["documents"]["val"] == 1
+
+
+def test_filters_decide_the_same_with_worker_processes(corpus, monkeypatch):
+    import shutil
+
+    from shoal.data.governance import filtering
+
+    one = prepare_dataset(config(corpus).data, progress=False)
+    shutil.rmtree(one.folder)
+    monkeypatch.setattr(filtering, "PARALLEL_BYTES", 0)  # use the worker pool even on this small corpus
+    many = prepare_dataset(config(corpus).data, progress=False)
+    assert many.manifest["filters"] == one.manifest["filters"]
+    assert many.manifest["shards"] == one.manifest["shards"]  # same tokens, checksum for checksum

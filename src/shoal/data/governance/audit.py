@@ -10,23 +10,23 @@ distinct 3-gram until the trigger finder's first pass ends), about as much as th
 
 from __future__ import annotations
 
-import multiprocessing
+import functools
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from shoal.data.governance.contamination import NgramIndex
-from shoal.data.governance.dedup import Deduplicator, content_hash
+from shoal.data.governance.dedup import Deduplicator, content_hash, signature
 from shoal.data.governance.licenses import SourceLicenses, license_files, parse_declared_licenses, source_key
 from shoal.data.governance.pii import MARKERS, find_personal_data
 from shoal.data.governance.poisoning import TriggerFinder, document_features, robust_outliers
 from shoal.data.governance.reading import ReadLog, read_documents, resolve_tolerantly
+from shoal.data.governance.workers import analyzed, default_workers
 from shoal.data.progress import PhaseProgress
-from shoal.data.sources import STDLIB_SPEC, Document, stdlib_dir
+from shoal.data.sources import STDLIB_SPEC, stdlib_dir
 from shoal.errors import DataError
 from shoal.io import atomic_write_json, atomic_write_text, check_can_create_dir, ensure_writable_dir
 
@@ -46,32 +46,10 @@ class AuditSettings:
     max_line_chars: int = 1_000_000
 
 
-_DEDUP: dict[tuple, Deduplicator] = {}
-
-
-def _analyze(job: tuple[str, AuditSettings]) -> tuple[list[tuple[str, int, int]], dict[str, float], str, Any]:
+def _analyze(text: str, s: AuditSettings) -> tuple[list[tuple[str, int, int]], dict[str, float], str, Any]:
     """Worker: the per-document findings (no text of a finding travels back, only its kind and place)."""
-    text, s = job
-    key = (s.shingle_size, s.num_perm, s.near_duplicate_threshold)
-    dedup = _DEDUP.get(key) or _DEDUP.setdefault(key, Deduplicator(s.shingle_size, s.num_perm, s.near_duplicate_threshold))
     findings = [(f.kind, f.start, f.end) for f in find_personal_data(text)]
-    return findings, document_features(text), content_hash(text), dedup.signature(text)
-
-
-def _analyzed(docs: Iterable[Document], settings: AuditSettings, workers: int) -> Iterator[tuple[Document, tuple]]:
-    if workers <= 1:
-        for doc in docs:
-            yield doc, _analyze((doc.text, settings))
-        return
-    # Batches keep the number of documents in flight bounded; imap keeps corpus order.
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        batch: list[Document] = []
-        for doc in docs:
-            batch.append(doc)
-            if len(batch) == 256:
-                yield from zip(batch, pool.imap(_analyze, [(d.text, settings) for d in batch], chunksize=8))
-                batch = []
-        yield from zip(batch, pool.imap(_analyze, [(d.text, settings) for d in batch], chunksize=8))
+    return findings, document_features(text), content_hash(text), signature(text, s.shingle_size, s.num_perm)
 
 
 def _mask(text: str) -> str:
@@ -89,8 +67,7 @@ def audit(sources: list[str], out_dir: str | Path, eval_sources: list[str] | Non
           progress: bool = True) -> dict[str, Any]:
     """Audit `sources` (and contamination of `eval_sources`); writes report.json, report.md and audit.png."""
     start = time.perf_counter()
-    if workers <= 0:  # all the cores this process may use
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = workers if workers > 0 else default_workers()
     check_can_create_dir(out_dir)  # every refusal comes before anything is written
     declared_by_source = parse_declared_licenses(declared or [], sources)
     log = ReadLog()
@@ -111,8 +88,8 @@ def audit(sources: list[str], out_dir: str | Path, eval_sources: list[str] | Non
     pii_counts, pii_documents, pii_examples = Counter(), 0, []
     with PhaseProgress(progress) as bar:
         bar.phase("auditing", total_bytes)
-        for doc, (found, feats, digest, signature) in _analyzed(read_documents(files, log, settings.max_line_chars),
-                                                                settings, workers):
+        for doc, (found, feats, digest, signature) in analyzed(read_documents(files, log, settings.max_line_chars),
+                                                               functools.partial(_analyze, s=settings), workers):
             bar.advance(len(doc.text))
             dedup.add_signed(doc.origin, digest, signature)
             index.add(doc.text)

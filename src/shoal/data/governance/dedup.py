@@ -7,6 +7,7 @@ against the threshold with their MinHash Jaccard estimate, which removes most of
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import unicodedata
@@ -48,6 +49,22 @@ class DuplicateCluster:
         return 1 + len(self.exact) + len(self.near)
 
 
+@functools.lru_cache(maxsize=8)
+def _empty_minhash(num_perm: int, seed: int) -> MinHash:
+    return MinHash(num_perm=num_perm, seed=seed)  # its copies share the permutations, drawn once per process
+
+
+def signature(text: str, shingle_size: int = 5, num_perm: int = 128, seed: int = 1) -> MinHash | None:
+    """MinHash of a document's shingles (None for a document shorter than one shingle); a pure function of the
+    text and the settings, so worker processes can compute it."""
+    grams = shingles(text, shingle_size)
+    if not grams:
+        return None
+    minhash = _empty_minhash(num_perm, seed).copy()
+    minhash.update_batch(grams)
+    return minhash
+
+
 class Deduplicator:
     """Feed documents with `add`; it says which kept document each one duplicates, if any.
 
@@ -60,7 +77,6 @@ class Deduplicator:
             raise ValueError(f"need shingle_size >= 1, num_perm >= 16 and 0 < threshold <= 1; got {shingle_size}, "
                              f"{num_perm}, {threshold}")
         self.shingle_size, self.num_perm, self.threshold, self.seed = shingle_size, num_perm, threshold, seed
-        self._empty = MinHash(num_perm=num_perm, seed=seed)  # its copies share the permutations, drawn once
         self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
         self._signatures: dict[Hashable, MinHash] = {}
         self._by_hash: dict[str, Hashable] = {}
@@ -68,12 +84,7 @@ class Deduplicator:
         self.clusters: dict[Hashable, DuplicateCluster] = {}
 
     def signature(self, text: str) -> MinHash | None:
-        grams = shingles(text, self.shingle_size)
-        if not grams:
-            return None
-        minhash = self._empty.copy()
-        minhash.update_batch(grams)
-        return minhash
+        return signature(text, self.shingle_size, self.num_perm, self.seed)
 
     def add(self, key: Hashable, text: str) -> Hashable | None:
         """None if `key` is kept (new content); otherwise the key of the kept document it duplicates."""

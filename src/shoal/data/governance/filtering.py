@@ -25,15 +25,17 @@ from typing import Any
 
 from shoal.config import DataConfig
 from shoal.data.governance.contamination import NgramIndex
-from shoal.data.governance.dedup import Deduplicator
+from shoal.data.governance.dedup import Deduplicator, content_hash, signature
 from shoal.data.governance.licenses import SourceLicenses, license_files, parse_declared_licenses, source_key
-from shoal.data.governance.pii import MARKERS, find_personal_data, redact
+from shoal.data.governance.pii import MARKERS, Finding, find_personal_data, redact
+from shoal.data.governance.workers import analyzed, default_workers
 from shoal.data.inputs import input_name
 from shoal.data.progress import PhaseProgress
 from shoal.data.sources import STDLIB_SPEC, Document, SourceFile, iter_documents
 from shoal.data.split import TRAIN, VAL, split_of
 
 EXAMPLES = 10  # documents named per filter in the manifest and the card
+PARALLEL_BYTES = 4 << 20
 @dataclass
 class FilterResult:
     """What the filters found and removed, for the manifest and the dataset card."""
@@ -82,6 +84,7 @@ class DocumentFilter:
             "contamination_threshold": cfg.contamination_threshold, "near_duplicate_threshold": 0.8})
         self.declared = parse_declared_licenses(cfg.licenses, cfg.sources)
         self._source_of = {str(sf.path): sf for sf in files}
+        self._findings: dict[str, list[Finding]] = {}  # origin -> personal data to redact
 
     def _file(self, doc: Document) -> SourceFile:
         """The file a document came from (a JSONL or Parquet document's origin adds ":line" or ":row")."""
@@ -102,15 +105,18 @@ class DocumentFilter:
                 entry.files = license_files(Path(spec))
 
         bar.phase("filters: duplicates, personal data", total_bytes)
-        for doc in iter_documents(self.files):
+        # Worker processes pay for their start-up (about a second) only on a corpus of some size.
+        workers = default_workers() if total_bytes > PARALLEL_BYTES else 1
+        for doc, (digest, minhash, findings) in analyzed(iter_documents(self.files), _sign_and_find, workers):
             bar.advance(len(doc.text.encode("utf-8")))
-            if dedup is not None and dedup.add(doc.origin, doc.text) is not None:
+            if dedup is not None and dedup.add_signed(doc.origin, digest, minhash) is not None:
                 result.drop(doc, DUPLICATE, self._name(doc))
                 continue
-            findings = find_personal_data(doc.text)
             if findings:
                 result.documents_with_personal_data += 1
                 result.personal_data.update(f.kind for f in findings)
+                if cfg.redact_pii:  # kept until tokenizing: no second search, and only documents with findings
+                    self._findings[doc.origin] = findings
             licenses[self._file(doc).source].add_document(doc.origin, doc.text)
             if cfg.decontaminate and split_of(doc.text, cfg.val_fraction) == TRAIN:
                 train_index.add(doc.text)
@@ -152,4 +158,10 @@ class DocumentFilter:
         return doc.origin not in self.result.dropped
 
     def text(self, doc: Document) -> str:
-        return redact(doc.text) if self.cfg.redact_pii else doc.text
+        findings = self._findings.get(doc.origin)
+        return redact(doc.text, findings) if findings else doc.text
+
+
+def _sign_and_find(text: str) -> tuple[str, Any, list[Finding]]:
+    """Worker: content hash, MinHash signature and personal-data findings of one document."""
+    return content_hash(text), signature(text), find_personal_data(text)

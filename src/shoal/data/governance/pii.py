@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 MARKERS = {"email": "<EMAIL>", "ip_address": "<IP_ADDRESS>", "phone_number": "<PHONE_NUMBER>",
-                "credential": "<CREDENTIAL>", "private_key": "<PRIVATE_KEY>"}
+           "credential": "<CREDENTIAL>", "private_key": "<PRIVATE_KEY>"}
 
 # Domains reserved for documentation and tests (RFC 2606, RFC 6761): addresses there belong to nobody.
 _RESERVED_DOMAINS = ("example.com", "example.org", "example.net", "localhost")
