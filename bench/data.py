@@ -58,8 +58,10 @@ def main() -> None:
                             "workers": report["workers"]}
         start = time.perf_counter()
         prepared = prepare_dataset(DataConfig(prepared_dir=str(Path(tmp) / "prepared")), progress=False)
-        docs = sum(prepared.manifest["documents"].values())
-        results["prepare"] = rate(docs, sum(prepared.manifest["bytes"].values()), time.perf_counter() - start)
+        # Rates over what was read, filtered documents included (prepare reads them before dropping them).
+        removed = {reason: r["documents"] for reason, r in prepared.manifest["filters"]["removed"].items()}
+        results["prepare"] = {**rate(len(texts), nbytes, time.perf_counter() - start),
+                              "filters_removed": removed, "kept_documents": prepared.manifest["documents"]}
 
     start = time.perf_counter()
     dedup = Deduplicator()
