@@ -56,7 +56,8 @@ def _cached(folder: Path, fp: str) -> PreparedData | None:
 def prepare_dataset(cfg: DataConfig, progress: bool = True) -> PreparedData:
     """Prepare `cfg`'s sources into `prepared_dir/<fingerprint[:16]>`, or return that folder if already complete."""
     files = resolve_sources(cfg.sources, cfg.glob)
-    eval_files = resolve_sources(cfg.eval_sources, cfg.glob) if cfg.eval_sources and cfg.decontaminate else []
+    eval_files = resolve_sources(cfg.eval_sources, cfg.glob, key="data.eval_sources") if cfg.eval_sources else []
+    eval_files = eval_files if cfg.decontaminate else []  # checked even when unused: a typo is still an error
     filters = DocumentFilter(cfg, files, eval_files)  # checks the license declarations before any work
     root = ensure_writable_dir(cfg.prepared_dir)
     settings = _settings(cfg)
@@ -125,6 +126,12 @@ def _train(files: list[SourceFile], cfg: DataConfig, filters: DocumentFilter, to
     if documents[TRAIN] + documents[VAL] == 0:
         raise DataError("data sources yielded no documents (all files empty, binary or blank); "
                         "add text to data.sources")
+    removed = filters.result.removed_by_split
+    for split, name in ((VAL, "validation"), (TRAIN, "training")):
+        if documents[split] == 0 and removed[split]:
+            raise DataError(f"the {name} split is empty: the filters removed all {removed[split]} of its documents "
+                            "(duplicates, or overlap between training and evaluation text); add documents, change "
+                            "data.val_fraction, or set data.dedup / data.decontaminate to false")
     if documents[VAL] == 0:
         raise DataError(f"validation split is empty ({documents[TRAIN]} documents, none drawn for validation): "
                         "add more documents or raise data.val_fraction")

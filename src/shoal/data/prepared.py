@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shoal.data.governance.card import CARD_FILE
 from shoal.data.shards import TokenWindows, check_shards, open_shards
 from shoal.data.split import SPLITS
 from shoal.errors import DataError
@@ -70,4 +71,7 @@ def load_prepared(folder: str | Path) -> PreparedData:
     tokenizer = folder / TOKENIZER_FILE
     if not tokenizer.is_file() or sha256_file(tokenizer) != manifest["tokenizer_sha256"]:
         raise _invalid(folder, f"{TOKENIZER_FILE} missing or changed")
+    card = folder / CARD_FILE  # the card travels into runs and bundles: it must be the one prepared
+    if "card_sha256" in manifest and (not card.is_file() or sha256_file(card) != manifest["card_sha256"]):
+        raise _invalid(folder, f"{CARD_FILE} missing or changed")
     return PreparedData(folder=folder, manifest=manifest)

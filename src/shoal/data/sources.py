@@ -67,10 +67,10 @@ def _folder_files(folder: Path, glob: str) -> list[Path]:
         raise DataError(f"data.glob '{glob}' is not a relative glob pattern; use something like '**/*.txt'") from None
 
 
-def resolve_sources(specs: list[str], glob: str = "**/*") -> list[SourceFile]:
+def resolve_sources(specs: list[str], glob: str = "**/*", key: str = "data.sources") -> list[SourceFile]:
     """Expand specs ("stdlib", a folder, a file) into a sorted, deduplicated list of input files."""
     if not specs:
-        raise DataError("no data sources given; set data.sources to folders, files or \"stdlib\"")
+        raise DataError(f"no data sources given; set {key} to folders, files or \"stdlib\"")
     found: dict[Path, SourceFile] = {}
     for spec in specs:
         if spec == STDLIB_SPEC:
@@ -81,7 +81,7 @@ def resolve_sources(specs: list[str], glob: str = "**/*") -> list[SourceFile]:
             # abspath, not resolve(): keep the user's links so names stay stable, but fold "." and "..".
             root = Path(os.path.abspath(spec))
             if not root.exists():
-                raise DataError(f"data source '{spec}' does not exist; fix the path in data.sources")
+                raise DataError(f"data source '{spec}' does not exist; fix the path in {key}")
             if root.is_dir():
                 paths = _folder_files(root, glob)
                 if not paths:
@@ -89,7 +89,7 @@ def resolve_sources(specs: list[str], glob: str = "**/*") -> list[SourceFile]:
             elif root.is_file():
                 paths = [root]
             else:
-                raise DataError(f"data source '{spec}' is neither a regular file nor a folder; point data.sources at one")
+                raise DataError(f"data source '{spec}' is neither a regular file nor a folder; point {key} at one")
         for path in paths:
             # The first spec that names a file keeps it, so the result does not depend on duplicates.
             found.setdefault(path, SourceFile(path=path, kind=kind_of(path), source=spec))

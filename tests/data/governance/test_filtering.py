@@ -100,6 +100,21 @@ def test_filters_can_be_turned_off_and_change_the_fingerprint(corpus):
     assert prepare_dataset(config(corpus).data, progress=False).fingerprint != on.fingerprint
 
 
+def test_a_split_emptied_by_the_filters_is_a_clear_error(corpus):
+    (corpus["root"] / "val_doc.txt").unlink()  # the only validation document left is a copy of training text
+    with pytest.raises(DataError, match="the validation split is empty: the filters removed all 1 of its documents"):
+        prepare_dataset(config(corpus).data, progress=False)
+
+
+def test_an_edited_card_is_not_taken_for_the_prepared_one(corpus):
+    from shoal.data.prepared import load_prepared
+
+    prepared = prepare_dataset(config(corpus).data, progress=False)
+    (prepared.folder / "dataset_card.md").write_text("# something else\n")
+    with pytest.raises(DataError, match="dataset_card.md missing or changed"):
+        load_prepared(prepared.folder)
+
+
 def test_declared_licenses_reach_the_manifest_and_card(corpus):
     prepared = prepare_dataset(config(corpus, f'data.licenses=["{corpus["root"]}=CC-BY-4.0"]').data, progress=False)
     assert prepared.manifest["sources"][0]["license"] == "CC-BY-4.0"
@@ -124,7 +139,7 @@ def test_cli_prepare_reports_removals_and_a_missing_eval_source(corpus):
     assert result.returncode == 0, result.stderr
     assert "removed: 1 duplicates, 1 training documents made of evaluation text" in result.stdout
     missing = [a if "eval" not in a else f'data.eval_sources=["{corpus["tmp"] / "nope"}"]' for a in sets]
-    assert_one_line_error(shoal("data", "prepare", *missing), "nope")
+    assert_one_line_error(shoal("data", "prepare", *missing), "nope", "data.eval_sources")
     assert json.loads(next((corpus["tmp"] / "p").glob("*/manifest.json")).read_text())["documents"]["val"] == 1
 
 

@@ -41,7 +41,7 @@ def render_card(m: dict[str, Any]) -> str:
               f"- training/evaluation overlap ({settings['ngram']}-grams, ≥ {settings['contamination_threshold']:.0%} "
               f"of a document): {on[settings['decontaminate']]}"
               + (f"; evaluation sources: {', '.join(f'`{s}`' for s in settings['eval_sources'])}"
-                 if settings["eval_sources"] else ""), ""]
+                 if settings["eval_sources"] and settings["decontaminate"] else ""), ""]
     removed = [[reason, f"{r['documents']:,}", f"{r['bytes'] / 1e6:.3f}", ", ".join(f"`{e}`" for e in r["examples"][:3])]
                for reason, r in f["removed"].items()]
     lines += _table(["removed", "documents", "MB", "for example"], removed)

@@ -1,7 +1,8 @@
 """The fixes `shoal data prepare` applies before tokenizing: one document per duplicate cluster, personal data and
 secrets replaced by typed markers, and the overlap between training and evaluation text removed.
 
-Two reading passes decide which documents stay, before the tokenizer sees any text:
+Extra reading passes (one, three with decontamination) decide which documents stay, before the tokenizer sees
+any text:
 
 1. every document: near-duplicate detection (the first of each cluster, in corpus order, is kept), the split it
    belongs to, personal-data counts and stated licenses, and the 13-grams of the kept training and evaluation
@@ -13,7 +14,9 @@ Two reading passes decide which documents stay, before the tokenizer sees any te
 
 Validation goes first so that a pair of overlapping documents costs one of them, not both.
 
-Only decisions are kept in memory (the origins of dropped documents, hashed n-grams), never the text.
+Memory holds decisions, never the text: a MinHash signature per kept document, the origins of dropped documents,
+the personal-data findings to redact, and 8 bytes per distinct n-gram of the training and evaluation text (the
+same order of size as the text itself, as in the audit).
 """
 
 from __future__ import annotations
@@ -43,14 +46,16 @@ class FilterResult:
     dropped: dict[str, str] = field(default_factory=dict)  # origin -> reason
     examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> first origins
     removed_bytes: Counter = field(default_factory=Counter)  # reason -> UTF-8 bytes
+    removed_by_split: Counter = field(default_factory=Counter)  # split -> documents
     personal_data: Counter = field(default_factory=Counter)  # kind -> findings in kept documents
     documents_with_personal_data: int = 0
     eval_documents: int = 0
     eval_contaminated: int = 0  # external evaluation documents sharing >= threshold with the training split
     licenses: list[dict[str, Any]] = field(default_factory=list)
 
-    def drop(self, doc: Document, reason: str, name: str) -> None:
+    def drop(self, doc: Document, reason: str, name: str, split: str) -> None:
         self.dropped[doc.origin] = reason
+        self.removed_by_split[split] += 1
         self.removed_bytes[reason] += len(doc.text.encode("utf-8"))
         examples = self.examples.setdefault(reason, [])
         if len(examples) < EXAMPLES:
@@ -80,7 +85,7 @@ class DocumentFilter:
         self.cfg, self.files, self.eval_files = cfg, files, eval_files
         self.result = FilterResult(settings={
             "dedup": cfg.dedup, "redact_pii": cfg.redact_pii, "decontaminate": cfg.decontaminate,
-            "eval_sources": list(cfg.eval_sources), "ngram": cfg.contamination_ngram,
+            "eval_sources": list(cfg.eval_sources) if cfg.decontaminate else [], "ngram": cfg.contamination_ngram,
             "contamination_threshold": cfg.contamination_threshold, "near_duplicate_threshold": 0.8})
         self.declared = parse_declared_licenses(cfg.licenses, cfg.sources)
         self._source_of = {str(sf.path): sf for sf in files}
@@ -110,7 +115,7 @@ class DocumentFilter:
         for doc, (digest, minhash, findings) in analyzed(iter_documents(self.files), _sign_and_find, workers):
             bar.advance(len(doc.text.encode("utf-8")))
             if dedup is not None and dedup.add_signed(doc.origin, digest, minhash) is not None:
-                result.drop(doc, DUPLICATE, self._name(doc))
+                result.drop(doc, DUPLICATE, self._name(doc), split_of(doc.text, cfg.val_fraction))
                 continue
             if findings:
                 result.documents_with_personal_data += 1
@@ -130,7 +135,7 @@ class DocumentFilter:
         bar.phase("filters: validation overlap", total_bytes)
         for doc in self._kept(VAL, bar):
             if train_index.overlap(doc.text) >= cfg.contamination_threshold:
-                result.drop(doc, TRAIN_TEXT, self._name(doc))
+                result.drop(doc, TRAIN_TEXT, self._name(doc), VAL)
             else:
                 eval_index.add(doc.text)
         if self.eval_files:
@@ -143,7 +148,7 @@ class DocumentFilter:
         bar.phase("filters: training overlap", total_bytes)
         for doc in self._kept(TRAIN, bar):
             if eval_index.overlap(doc.text) >= cfg.contamination_threshold:
-                result.drop(doc, EVAL_TEXT, self._name(doc))
+                result.drop(doc, EVAL_TEXT, self._name(doc), TRAIN)
         bar.done()
         return result
 
