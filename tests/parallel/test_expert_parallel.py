@@ -71,7 +71,10 @@ def test_expert_parallel_checkpoint_reshards(shared_root, tmp_path, single_moe_r
     run = load_run(out / "ep")
     reference = load_run(single_moe_run)
     for name, tensor in reference.model.state_dict().items():
-        assert torch.allclose(run.model.state_dict()[name], tensor, rtol=1e-4, atol=1e-6), name
+        # Whole-tensor error: Adam turns rounding-level gradient differences of rarely routed weights into
+        # visible elementwise ones, while experts in the wrong place would be off by order one.
+        error = (run.model.state_dict()[name] - tensor).norm() / tensor.norm().clamp_min(1e-12)
+        assert error < 1e-3, (name, error.item())
     experts = run.model.layers[0].feed_forward.experts.w1
     assert experts.shape[0] == 4  # all four experts, gathered from the two ranks
     bundle = load_bundle(export_bundle(out / "ep", tmp_path / "bundle"))  # exports and loads as a plain MoE model
