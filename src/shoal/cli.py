@@ -113,6 +113,30 @@ def data_audit(sources: Annotated[list[str], typer.Argument(help="Folders, files
                   "contaminated" if contamination else "") + f"; report in {out}/report.md")
 
 
+@app.command("eval")
+def evaluate(model: Annotated[Path, typer.Argument(help="Run folder or exported bundle.")],
+             data: Annotated[list[str] | None, typer.Option(
+                 help="Documents to evaluate on (repeatable; default: a run's validation split).")] = None,
+             out: Annotated[Path, typer.Option(help="Report folder.")] = Path("eval")) -> None:
+    """Loss, perplexity, bits per byte, top-1/top-5 accuracy and calibration on held-out documents."""
+    from shoal.bundle import load_model
+    from shoal.eval.data import evaluation_documents
+    from shoal.eval.report import summarize, write_report
+    from shoal.eval.scoring import score_documents
+    from shoal.io import check_can_create_dir
+
+    check_can_create_dir(out)
+    loaded = load_model(model)
+    description, documents = evaluation_documents(loaded, data or [])
+    summary = summarize(score_documents(loaded.model, loaded.tokenizer, documents))
+    write_report(summary, {k: v for k, v in loaded.info.items() if k != "config"} | {"source": str(model)},
+                 description, out)
+    q = summary["quality"]
+    typer.echo(f"{summary['documents']:,} documents, {summary['tokens']:,} tokens: loss {q['loss']['value']:.4f}, "
+               f"bits/byte {q['bits_per_byte']['value']:.4f}, top-1 {q['top1_accuracy']['value']:.1%}, ECE "
+               f"{summary['calibration']['ece_equal_width']:.4f}; report in {out}/report.md")
+
+
 @app.command()
 def generate(model: Annotated[Path, typer.Argument(help="Run folder or exported bundle.")],
              prompt: Annotated[str, typer.Argument(help="Text to continue.")],

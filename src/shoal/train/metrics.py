@@ -66,7 +66,7 @@ def plot_loss(metrics_path: str | Path, out_png: str | Path, reference: float | 
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)
 
 
 def expert_load_summary(records: list[dict[str, Any]], last: int = 20) -> dict[str, Any] | None:
@@ -109,10 +109,10 @@ def plot_expert_load(metrics_path: str | Path, out_png: str | Path) -> Path | No
     axes[0, 0].set_title("expert load (share of routed tokens x number of experts; 1 = even)")
     fig.colorbar(image, ax=axes[:, 0].tolist(), shrink=0.8, pad=0.02, ticks=[1 / 8, 1 / 4, 1 / 2, 1, 2, 4, 8],
                  format=lambda v, _: f"{v:g}").ax.minorticks_off()
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)
 
 
-def _save(fig: Any, out_png: str | Path) -> Path:
+def save_figure(fig: Any, out_png: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     out_png = Path(out_png)

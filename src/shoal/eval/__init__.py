@@ -1,0 +1,1 @@
+"""Evaluation: quality, calibration and the report `shoal eval` writes."""
