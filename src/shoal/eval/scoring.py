@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 from shoal.data.tokenizer import eot_id
@@ -77,16 +76,18 @@ def _score_sequence(model: Transformer, ids: torch.Tensor, window: int, batch_wi
         y = torch.stack([targets[s:s + window] for s in group])
         logits = model(x).float().flatten(0, 1)
         y = y.flatten()
-        log_probs = logits.log_softmax(dim=-1)
-        probs = log_probs.exp()
-        nats += F.nll_loss(log_probs, y, reduction="sum").item()
-        best = probs.topk(5, dim=-1)
+        # Everything from the logits and two log-sum-exps, without materialising the probabilities:
+        # log p_k = z_k - lse(z), and sum_k p_k^2 = exp(lse(2z) - 2 lse(z)).
+        lse = logits.logsumexp(dim=-1)
+        target_log_prob = logits.gather(1, y[:, None]).squeeze(1) - lse
+        nats -= float(target_log_prob.sum())
+        best = logits.topk(5, dim=-1)
         hit1 = best.indices[:, 0] == y
         top1 += int(hit1.sum())
         top5 += int((best.indices == y[:, None]).any(dim=-1).sum())
-        target_prob = probs.gather(1, y[:, None]).squeeze(1)
-        brier += float((probs.square().sum(dim=-1) - 2 * target_prob + 1).sum())
-        confidence.append(best.values[:, 0].cpu().numpy())
+        sum_sq = torch.exp((2 * logits).logsumexp(dim=-1) - 2 * lse)
+        brier += float((sum_sq - 2 * target_log_prob.exp() + 1).sum())
+        confidence.append((best.values[:, 0] - lse).exp().cpu().numpy())
         correct.append(hit1.cpu().numpy())
     return {"nats": nats, "tokens": len(targets), "top1": top1, "top5": top5, "brier": brier,
             "confidence": np.concatenate(confidence), "correct": np.concatenate(correct)}
