@@ -49,6 +49,9 @@ class DuplicateCluster:
         return 1 + len(self.exact) + len(self.near)
 
 
+NEAR_DUPLICATE_THRESHOLD = 0.8  # Jaccard similarity from which two documents count as one
+
+
 @functools.lru_cache(maxsize=8)
 def _empty_minhash(num_perm: int, seed: int) -> MinHash:
     return MinHash(num_perm=num_perm, seed=seed)  # its copies share the permutations, drawn once per process
@@ -73,7 +76,8 @@ class Deduplicator:
     Memory grows with the number of kept documents (one 128-value signature each), not with their length.
     """
 
-    def __init__(self, shingle_size: int = 5, num_perm: int = 128, threshold: float = 0.8, seed: int = 1) -> None:
+    def __init__(self, shingle_size: int = 5, num_perm: int = 128, threshold: float = NEAR_DUPLICATE_THRESHOLD,
+                 seed: int = 1) -> None:
         if shingle_size < 1 or num_perm < 16 or not 0.0 < threshold <= 1.0:
             raise ValueError(f"need shingle_size >= 1, num_perm >= 16 and 0 < threshold <= 1; got {shingle_size}, "
                              f"{num_perm}, {threshold}")

@@ -21,6 +21,7 @@ same order of size as the text itself, as in the audit).
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any
 
 from shoal.config import DataConfig
 from shoal.data.governance.contamination import NgramIndex
-from shoal.data.governance.dedup import Deduplicator, content_hash, signature
+from shoal.data.governance.dedup import NEAR_DUPLICATE_THRESHOLD, Deduplicator, content_hash, signature
 from shoal.data.governance.licenses import SourceLicenses, license_files, parse_declared_licenses, source_key
 from shoal.data.governance.pii import MARKERS, Finding, find_personal_data, redact
 from shoal.data.governance.workers import analyzed, default_workers
@@ -86,7 +87,8 @@ class DocumentFilter:
         self.result = FilterResult(settings={
             "dedup": cfg.dedup, "redact_pii": cfg.redact_pii, "decontaminate": cfg.decontaminate,
             "eval_sources": list(cfg.eval_sources) if cfg.decontaminate else [], "ngram": cfg.contamination_ngram,
-            "contamination_threshold": cfg.contamination_threshold, "near_duplicate_threshold": 0.8})
+            "contamination_threshold": cfg.contamination_threshold,
+            "near_duplicate_threshold": NEAR_DUPLICATE_THRESHOLD})
         self.declared = parse_declared_licenses(cfg.licenses, cfg.sources)
         self._source_of = {str(sf.path): sf for sf in files}
         self._findings: dict[str, list[Finding]] = {}  # origin -> personal data to redact
@@ -112,7 +114,8 @@ class DocumentFilter:
         bar.phase("filters: duplicates, personal data", total_bytes)
         # Worker processes pay for their start-up (about a second) only on a corpus of some size.
         workers = default_workers() if total_bytes > PARALLEL_BYTES else 1
-        for doc, (digest, minhash, findings) in analyzed(iter_documents(self.files), _sign_and_find, workers):
+        work = functools.partial(_sign_and_find, dedup=cfg.dedup)
+        for doc, (digest, minhash, findings) in analyzed(iter_documents(self.files), work, workers):
             bar.advance(len(doc.text.encode("utf-8")))
             if dedup is not None and dedup.add_signed(doc.origin, digest, minhash) is not None:
                 result.drop(doc, DUPLICATE, self._name(doc), split_of(doc.text, cfg.val_fraction))
@@ -167,6 +170,8 @@ class DocumentFilter:
         return redact(doc.text, findings) if findings else doc.text
 
 
-def _sign_and_find(text: str) -> tuple[str, Any, list[Finding]]:
-    """Worker: content hash, MinHash signature and personal-data findings of one document."""
+def _sign_and_find(text: str, dedup: bool) -> tuple[str | None, Any, list[Finding]]:
+    """Worker: content hash and MinHash signature (when deduplicating) and personal-data findings of one document."""
+    if not dedup:
+        return None, None, find_personal_data(text)
     return content_hash(text), signature(text), find_personal_data(text)
