@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -35,3 +37,23 @@ def small_config(shared_root, tmp_path) -> Config:
     cfg = load_config("tiny", small_overrides(shared_root))
     cfg.train.out_dir = str(tmp_path / "runs")
     return cfg
+
+
+def shoal(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The `shoal` command as a user runs it, in a fresh interpreter."""
+    return subprocess.run([sys.executable, "-m", "shoal.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=600)
+
+
+def sets(overrides: list[str]) -> list[str]:
+    return [a for s in overrides for a in ("--set", s)]
+
+
+@pytest.fixture(scope="session")
+def trained_run(shared_root, tmp_path_factory) -> Path:
+    """A small model trained for 12 steps by the CLI, shared read-only by the tests of a session."""
+    out = tmp_path_factory.mktemp("cli-run")
+    result = shoal("train", *sets(small_overrides(shared_root) + ["train.steps=12", f'train.out_dir="{out}"']))
+    assert result.returncode == 0, result.stderr
+    assert "done: step 12" in result.stderr
+    return out / "tiny"

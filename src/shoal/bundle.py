@@ -102,8 +102,22 @@ def load_model(path: str | Path) -> LoadedModel:
 
 
 def export_bundle(run_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write the run's newest valid checkpoint as a bundle into `out_dir` (built aside, then renamed in)."""
+    """Write the run's newest valid checkpoint as a bundle into `out_dir`."""
     loaded = load_run(run_dir)
+    provenance = {k: loaded.info[k] for k in ("checkpoint", "step", "dataset_fingerprint")}
+    provenance["run"] = str(run_dir)
+    card = Path(run_dir) / CARD_FILE
+    return save_bundle(loaded.model, loaded.tokenizer, out_dir, provenance, loaded.info["config"],
+                       card if card.is_file() else None)
+
+
+def save_bundle(model: Transformer, tokenizer: Tokenizer, out_dir: str | Path, provenance: dict[str, Any],
+                training: dict[str, Any] | None = None, card: Path | None = None) -> Path:
+    """Write `model` as a bundle into `out_dir` (built aside, then renamed in, so a failure leaves nothing half-written).
+
+    `provenance` says where the weights came from (a run's checkpoint, a parent bundle and what was done to it);
+    `training` is the resolved config that trained them; `card` the training data's card, copied along.
+    """
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ShoalError(f"export folder {out_dir} is not empty; choose a new folder")
@@ -112,18 +126,17 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        model_cfg = loaded.model.config
-        state = {k: v.contiguous() for k, v in loaded.model.state_dict().items()
+        model_cfg = model.config
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()
                  if not (model_cfg.tie_embeddings and k == "output.weight")}
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
-        loaded.tokenizer.save(str(tmp / "tokenizer.json"))
-        provenance = {k: loaded.info[k] for k in ("checkpoint", "step", "dataset_fingerprint")}
-        provenance.update(run=str(run_dir), exported=time.strftime("%Y-%m-%dT%H:%M:%S%z"), shoal_version=__version__)
+        tokenizer.save(str(tmp / "tokenizer.json"))
+        provenance = {**provenance, "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "shoal_version": __version__}
         atomic_write_json(tmp / "config.json", {"model": asdict(model_cfg), "provenance": provenance,
-                                                "training": loaded.info["config"]})
+                                                "training": training})
         files = list(BUNDLE_FILES)
-        if (Path(run_dir) / CARD_FILE).is_file():  # the data card travels with the model
-            shutil.copyfile(Path(run_dir) / CARD_FILE, tmp / CARD_FILE)
+        if card is not None:  # the data card travels with the model
+            shutil.copyfile(card, tmp / CARD_FILE)
             files.append(CARD_FILE)
         atomic_write_json(tmp / "manifest.json", {"format": BUNDLE_FORMAT, "files": describe_files(tmp, files)})
         if out_dir.exists():

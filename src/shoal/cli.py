@@ -138,6 +138,60 @@ def evaluate(model: Annotated[Path, typer.Argument(help="Run folder or exported 
 
 
 @app.command()
+def compare(candidate: Annotated[Path, typer.Argument(help="The new model: run folder or bundle.")],
+            baseline: Annotated[Path, typer.Argument(help="The model it must not be worse than.")],
+            data: Annotated[list[str] | None, typer.Option(
+                help="Documents to compare on (repeatable; default: the baseline run's validation split).")] = None,
+            fail_on: Annotated[str, typer.Option(
+                help="Comma-separated metrics that gate the verdict.")] = "bits_per_byte,top1_accuracy",
+            margin: Annotated[list[str] | None, typer.Option(
+                help="How much worse a metric may be: METRIC=VALUE (repeatable), e.g. bits_per_byte=0.02.")] = None,
+            min_documents: Annotated[int, typer.Option(help="Fewer documents than this is always inconclusive.")] = 10,
+            resamples: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 2000,
+            out: Annotated[Path, typer.Option(help="Report folder.")] = Path("compare")) -> None:
+    """Paired comparison on the same documents; exit 0 pass, 1 regression, 2 inconclusive, 3 bad input."""
+    try:
+        verdict = _compare(candidate, baseline, data or [], fail_on, margin or [], min_documents, resamples, out)
+    except ShoalError as e:
+        typer.secho(f"error: {e}", err=True, fg="red")
+        raise typer.Exit(3) from None
+    raise typer.Exit(VERDICT_EXIT_CODES[verdict])
+
+
+VERDICT_EXIT_CODES = {"pass": 0, "regression": 1, "inconclusive": 2}
+
+
+def _compare(candidate: Path, baseline: Path, data: list[str], fail_on: str, margins: list[str], min_documents: int,
+             resamples: int, out: Path) -> str:
+    from shoal.bundle import load_model
+    from shoal.eval.compare_report import write_comparison
+    from shoal.eval.data import evaluation_documents
+    from shoal.eval.gate import compare_scores, parse_fail_on, parse_margins
+    from shoal.eval.scoring import score_documents
+    from shoal.io import check_can_create_dir
+
+    gates, margin_values = parse_fail_on(fail_on), parse_margins(margins)
+    if min_documents < 1 or resamples < 100:
+        raise ShoalError("--min-documents must be at least 1 and --resamples at least 100")
+    check_can_create_dir(out)
+    base, cand = load_model(baseline), load_model(candidate)
+    description, documents = evaluation_documents(base, data)
+    documents = list(documents)  # the same documents for both models
+    result = compare_scores(score_documents(cand.model, cand.tokenizer, documents),
+                            score_documents(base.model, base.tokenizer, documents), gates, margin_values,
+                            same_tokenizer=cand.tokenizer.to_str() == base.tokenizer.to_str(),
+                            resamples=resamples, min_documents=min_documents)
+    write_comparison(result, str(candidate), str(baseline), description, out)
+    for name in result["fail_on"]:
+        m = result["metrics"][name]
+        low, high = m["harm_ci"]
+        typer.echo(f"{name}: {m['baseline']:.4f} -> {m['candidate']:.4f}, harm {m['harm']:+.4f} "
+                   f"[{low:+.4f}, {high:+.4f}] vs margin {m['margin']:g}: {m['verdict']}")
+    typer.echo(f"{result['verdict'].upper()} on {result['documents']} documents; report in {out}/compare.md")
+    return result["verdict"]
+
+
+@app.command()
 def generate(model: Annotated[Path, typer.Argument(help="Run folder or exported bundle.")],
              prompt: Annotated[str, typer.Argument(help="Text to continue.")],
              max_tokens: int = 200, temperature: float = 0.8,

@@ -2,21 +2,9 @@
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
-import pytest
-
-from ..conftest import small_overrides
-
-
-def shoal(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "shoal.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=600)
-
-
-def sets(overrides: list[str]) -> list[str]:
-    return [a for s in overrides for a in ("--set", s)]
+from ..conftest import sets, shoal, small_overrides
 
 
 def snapshot(folder: Path) -> dict:
@@ -30,15 +18,6 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> N
     assert "Traceback" not in result.stderr
     for word in words:
         assert word in lines[0], lines[0]
-
-
-@pytest.fixture(scope="module")
-def trained_run(shared_root, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("cli-run")
-    result = shoal("train", *sets(small_overrides(shared_root) + ["train.steps=12", f'train.out_dir="{out}"']))
-    assert result.returncode == 0, result.stderr
-    assert "done: step 12" in result.stderr
-    return out / "tiny"
 
 
 def test_bad_config_key(tmp_path):

@@ -4,11 +4,11 @@ input is one line."""
 import json
 import math
 
-from ..cli.test_cli import assert_one_line_error, shoal, trained_run  # noqa: F401 (trained_run is a fixture)
-from ..conftest import STDLIB
+from ..cli.test_cli import assert_one_line_error
+from ..conftest import STDLIB, shoal
 
 
-def test_eval_report_of_a_run(trained_run, tmp_path):  # noqa: F811
+def test_eval_report_of_a_run(trained_run, tmp_path):
     out = tmp_path / "eval"
     result = shoal("eval", str(trained_run), "--out", str(out))
     assert result.returncode == 0, result.stderr
@@ -32,7 +32,7 @@ def test_eval_report_of_a_run(trained_run, tmp_path):  # noqa: F811
     assert (out / "reliability.png").stat().st_size > 10_000
 
 
-def test_eval_of_a_bundle_needs_documents(trained_run, tmp_path):  # noqa: F811
+def test_eval_of_a_bundle_needs_documents(trained_run, tmp_path):
     bundle = tmp_path / "bundle"
     assert shoal("export", str(trained_run), "--out", str(bundle)).returncode == 0
     assert_one_line_error(shoal("eval", str(bundle), "--out", str(tmp_path / "a")), "is a bundle", "--data")

@@ -61,7 +61,7 @@ def test_a_uniform_model_scores_log_vocab_per_token(tokenizer):
     assert scores.tokens == [n] and scores.bytes == [len(text.encode())]
     assert scores.nats[0] == pytest.approx(n * math.log(vocab), rel=1e-5)
     assert bits_per_byte(scores.nats[0], scores.bytes[0]) == pytest.approx(n * math.log2(vocab) / len(text), rel=1e-5)
-    assert scores.brier_sum / n == pytest.approx(1 - 1 / vocab, rel=1e-5)  # sum p^2 - 2 p_y + 1 with p = 1/V
+    assert scores.brier[0] / n == pytest.approx(1 - 1 / vocab, rel=1e-5)  # sum p^2 - 2 p_y + 1 with p = 1/V
     confidence = np.concatenate(scores.confidence)
     assert len(confidence) == n and np.allclose(confidence, 1 / vocab)
     assert scores.top5[0] >= scores.top1[0]

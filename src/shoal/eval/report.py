@@ -34,7 +34,7 @@ def summarize(scores: Scores, resamples: int = 1000) -> dict[str, Any]:
     }
     calibration = {"ece_equal_width": expected_calibration_error(confidence, correct, 10, "width"),
                    "ece_equal_mass": expected_calibration_error(confidence, correct, 10, "mass"),
-                   "brier": scores.brier_sum / tokens.sum(),
+                   "brier": scores.array("brier").sum() / tokens.sum(),
                    "bins_equal_width": [vars(b) for b in reliability_bins(confidence, correct, 10, "width")]}
     return {"documents": len(scores.names), "tokens": int(tokens.sum()), "bytes": int(nbytes.sum()),
             "quality": quality, "calibration": calibration,

@@ -32,7 +32,8 @@ class Scores:
     top5: list[int] = field(default_factory=list)
     confidence: list[np.ndarray] = field(default_factory=list)  # per token: probability of the most likely token
     correct: list[np.ndarray] = field(default_factory=list)  # per token: was it the right one
-    brier_sum: float = 0.0  # sum over tokens of sum_k (p_k - [k = target])^2
+    correct5: list[np.ndarray] = field(default_factory=list)  # per token: was the right one among the top five
+    brier: list[float] = field(default_factory=list)  # per document: sum over tokens of sum_k (p_k - [k = target])^2
 
     def array(self, name: str) -> np.ndarray:
         return np.asarray(getattr(self, name), dtype=np.float64)
@@ -54,7 +55,6 @@ def score_documents(model: Transformer, tokenizer: Tokenizer, documents: Iterabl
         stats = _score_sequence(model, torch.tensor(ids, device=device), window, batch_windows)
         scores.names.append(name)
         scores.bytes.append(len(text.encode("utf-8")))
-        scores.brier_sum += stats.pop("brier")
         for key, value in stats.items():
             getattr(scores, key).append(value)
     if not scores.names:
@@ -66,7 +66,7 @@ def _score_sequence(model: Transformer, ids: torch.Tensor, window: int, batch_wi
     inputs, targets = ids[:-1], ids[1:]
     starts = range(0, len(targets), window)
     nats, top1, top5, brier = 0.0, 0, 0, 0.0
-    confidence, correct = [], []
+    confidence, correct, correct5 = [], [], []
     # Full windows run in batches; the last, shorter window of a document runs alone.
     full = [s for s in starts if s + window <= len(targets)]
     groups = [full[i:i + batch_windows] for i in range(0, len(full), batch_windows)]
@@ -83,11 +83,14 @@ def _score_sequence(model: Transformer, ids: torch.Tensor, window: int, batch_wi
         nats -= float(target_log_prob.sum())
         best = logits.topk(5, dim=-1)
         hit1 = best.indices[:, 0] == y
+        hit5 = (best.indices == y[:, None]).any(dim=-1)
         top1 += int(hit1.sum())
-        top5 += int((best.indices == y[:, None]).any(dim=-1).sum())
+        top5 += int(hit5.sum())
         sum_sq = torch.exp((2 * logits).logsumexp(dim=-1) - 2 * lse)
         brier += float((sum_sq - 2 * target_log_prob.exp() + 1).sum())
         confidence.append((best.values[:, 0] - lse).exp().cpu().numpy())
         correct.append(hit1.cpu().numpy())
+        correct5.append(hit5.cpu().numpy())
     return {"nats": nats, "tokens": len(targets), "top1": top1, "top5": top5, "brier": brier,
-            "confidence": np.concatenate(confidence), "correct": np.concatenate(correct)}
+            "confidence": np.concatenate(confidence), "correct": np.concatenate(correct),
+            "correct5": np.concatenate(correct5)}
