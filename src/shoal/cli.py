@@ -117,24 +117,39 @@ def data_audit(sources: Annotated[list[str], typer.Argument(help="Folders, files
 def evaluate(model: Annotated[Path, typer.Argument(help="Run folder or exported bundle.")],
              data: Annotated[list[str] | None, typer.Option(
                  help="Documents to evaluate on (repeatable; default: a run's validation split).")] = None,
+             suite: Annotated[str, typer.Option(help="default: quality, calibration, robustness, efficiency and cost; "
+                                                     "quick: quality and calibration.")] = "default",
+             hardware: Annotated[str | None, typer.Option(
+                 help="Price-table row of the machine running this (default: guessed from the device).")] = None,
+             prices: Annotated[Path | None, typer.Option(help="Your own hardware price table (TOML).")] = None,
+             adversarial_tries: Annotated[int, typer.Option(help="Seeds per perturbation the adversary tries.")] = 2,
+             dtype: Annotated[str, typer.Option(help="Precision of the speed measurements: auto (bf16 where faster), "
+                                                     "fp32, bf16.")] = "auto",
              out: Annotated[Path, typer.Option(help="Report folder.")] = Path("eval")) -> None:
-    """Loss, perplexity, bits per byte, top-1/top-5 accuracy and calibration on held-out documents."""
+    """Quality, calibration, robustness, speed and cost of a model on held-out documents; writes a report."""
+    from rich.console import Console
+
     from shoal.bundle import load_model
     from shoal.eval.data import evaluation_documents
-    from shoal.eval.report import summarize, write_report
-    from shoal.eval.scoring import score_documents
+    from shoal.eval.report import write_report
+    from shoal.eval.suite import run_suite
     from shoal.io import check_can_create_dir
 
     check_can_create_dir(out)
     loaded = load_model(model)
     description, documents = evaluation_documents(loaded, data or [])
-    summary = summarize(score_documents(loaded.model, loaded.tokenizer, documents))
+    console = Console(stderr=True)
+    summary = run_suite(loaded, list(documents), suite, hardware, prices, adversarial_tries, dtype,
+                        say=lambda text: console.print(f"[dim]{text}…[/dim]"))
     write_report(summary, {k: v for k, v in loaded.info.items() if k != "config"} | {"source": str(model)},
                  description, out)
     q = summary["quality"]
     typer.echo(f"{summary['documents']:,} documents, {summary['tokens']:,} tokens: loss {q['loss']['value']:.4f}, "
                f"bits/byte {q['bits_per_byte']['value']:.4f}, top-1 {q['top1_accuracy']['value']:.1%}, ECE "
-               f"{summary['calibration']['ece_equal_width']:.4f}; report in {out}/report.md")
+               f"{summary['calibration']['ece_equal_width']:.4f}"
+               + (f", worst perturbation {summary['robustness'].get('worst')}" if "robustness" in summary else "")
+               + (f", {summary['efficiency']['decode_tokens_per_second']:,.0f} tokens/s decoding"
+                  if "efficiency" in summary else "") + f"; report in {out}/report.md")
 
 
 @app.command()

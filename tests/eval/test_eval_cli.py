@@ -30,6 +30,20 @@ def test_eval_report_of_a_run(trained_run, tmp_path):
     assert sum(b["count"] for b in calibration["bins_equal_width"]) == report["tokens"]
     assert "| bits per byte |" in (out / "report.md").read_text()
     assert (out / "reliability.png").stat().st_size > 10_000
+    # The default suite also measures robustness, speed and cost.
+    robustness = report["robustness"]
+    assert set(robustness["perturbations"]) == {"typos", "case", "whitespace", "identifiers"}
+    worst = max(p["degradation"]["bits_per_byte"] for p in robustness["perturbations"].values())
+    assert robustness["perturbations"][robustness["worst"]]["degradation"]["bits_per_byte"] == worst
+    assert robustness["adversarial"]["perturbed"]["bits_per_byte"] >= robustness["adversarial"]["clean"]["bits_per_byte"]
+    efficiency = report["efficiency"]
+    assert efficiency["prefill_ms"]["p50"] <= efficiency["prefill_ms"]["p95"]
+    assert set(efficiency["throughput"]) == {"1", "8", "32"} and efficiency["size_on_disk_bytes"] > 0
+    measured = report["cost"]["rows"][0]
+    assert measured["hardware"] == "cpu-instance" and measured["source"].startswith("measured")
+    assert measured["decode_batch1_usd_per_million"] == 0.36 / 3600 / efficiency["decode_tokens_per_second"] * 1e6
+    for png in ("robustness.png", "cost.png"):
+        assert (out / png).stat().st_size > 5_000
 
 
 def test_eval_of_a_bundle_needs_documents(trained_run, tmp_path):
@@ -42,3 +56,15 @@ def test_eval_of_a_bundle_needs_documents(trained_run, tmp_path):
     assert_one_line_error(shoal("eval", str(bundle), "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "c")),
                           "does not exist", "--data")
     assert_one_line_error(shoal("eval", str(tmp_path / "missing"), "--out", str(tmp_path / "d")), "neither a run folder")
+    quick = shoal("eval", str(bundle), "--data", str(STDLIB / "json"), "--suite", "quick", "--out", str(tmp_path / "e"))
+    assert quick.returncode == 0 and "robustness" not in json.loads((tmp_path / "e" / "report.json").read_text())
+
+
+def test_eval_bad_options_write_nothing(trained_run, tmp_path):
+    bad_table = tmp_path / "prices.toml"
+    bad_table.write_text("[hardware.laptop]\nusd_per_hour = -1\n")
+    for args, words in ((["--suite", "huge"], "unknown suite"), (["--hardware", "tpu"], "not in the price table"),
+                        (["--prices", str(bad_table)], "[hardware.laptop] needs"),
+                        (["--adversarial-tries", "0"], "at least 1")):
+        assert_one_line_error(shoal("eval", str(trained_run), *args, "--out", str(tmp_path / "out")), words)
+    assert not (tmp_path / "out").exists()

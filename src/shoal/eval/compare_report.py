@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.eval.gate import METRICS
+from shoal.eval.plots import pyplot
 from shoal.io import atomic_write_json, atomic_write_text, ensure_writable_dir
 from shoal.train.metrics import save_figure
 
@@ -54,11 +55,7 @@ def render_comparison(r: dict[str, Any]) -> str:
 def plot_comparison(r: dict[str, Any], out_png: Path) -> None:
     """One row per metric: the harm with its interval, the margin as a red tick, scaled by the margin so metrics
     in different units share an axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     names = list(r["metrics"])
     colors = {"pass": "C2", "regression": "C3", "inconclusive": "C1"}
     fig, ax = plt.subplots(figsize=(6.5, 0.55 * len(names) + 1.4), dpi=120)

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 
 from shoal.eval.metrics import bits_per_byte, bootstrap_ratio_ci, expected_calibration_error, reliability_bins
+from shoal.eval.plots import plot_cost, plot_reliability, plot_robustness
 from shoal.eval.scoring import Scores
 from shoal.io import atomic_write_json, atomic_write_text, ensure_writable_dir
-from shoal.train.metrics import save_figure
 
 FORMAT = "shoal.eval/1"
 
@@ -49,6 +49,10 @@ def write_report(summary: dict[str, Any], model_info: dict[str, Any], data: str,
               **summary}
     atomic_write_json(out_dir / "report.json", report)
     plot_reliability(summary["calibration"]["bins_equal_width"], out_dir / "reliability.png")
+    if "robustness" in summary:
+        plot_robustness(summary["robustness"], out_dir / "robustness.png")
+    if "cost" in summary:
+        plot_cost(summary["cost"], out_dir / "cost.png")
     atomic_write_text(out_dir / "report.md", render_markdown(report))
     return out_dir
 
@@ -71,33 +75,63 @@ def render_markdown(r: dict[str, Any]) -> str:
              f"Expected calibration error of the top token's probability: {c['ece_equal_width']:.4f} "
              f"(10 equal-width bins), {c['ece_equal_mass']:.4f} (10 equal-mass bins); Brier score "
              f"{c['brier']:.4f}.", "", "![reliability diagram](reliability.png)", ""]
+    if "robustness" in r:
+        lines += _robustness_lines(r["robustness"])
+    if "efficiency" in r:
+        lines += _efficiency_lines(r["efficiency"])
+    if "cost" in r:
+        lines += _cost_lines(r["cost"])
     return "\n".join(lines)
 
 
-def plot_reliability(bins: list[dict[str, Any]], out_png: Path) -> None:
-    """Accuracy against confidence per bin, with the share of predictions per bin below."""
-    import matplotlib
+def _robustness_lines(rob: dict[str, Any]) -> list[str]:
+    lines = ["## Robustness", "",
+             "Each perturbation against the clean text of the same documents; the interval is a paired 95% "
+             "bootstrap of the bits-per-byte change.", "",
+             "| perturbation | documents | bits per byte | change | 95% interval | top-1 accuracy | change |",
+             "|---|---|---|---|---|---|---|"]
+    rows = [*rob["perturbations"].items()] + ([("adversarial (worst per document)", rob["adversarial"])]
+                                               if "adversarial" in rob else [])
+    for name, p in rows:
+        low, high = p["bits_per_byte_degradation_ci95"]
+        d = p["degradation"]
+        lines.append(f"| {name} | {p['documents']} | {p['perturbed']['bits_per_byte']:.4f} | "
+                     f"{d['bits_per_byte']:+.4f} | {low:+.4f} – {high:+.4f} | {p['perturbed']['top1_accuracy']:.2%} | "
+                     f"{d['top1_accuracy'] * 100:+.2f} pt |")
+    if "worst" in rob:
+        lines += ["", f"Worst single perturbation: {rob['worst']}."]
+    if "adversarial" in rob:
+        chosen = ", ".join(f"{k} {v}" for k, v in sorted(rob["adversarial"]["chosen"].items(), key=lambda kv: -kv[1]))
+        lines += [f"The adversary tried every perturbation with {rob['tries']} seeds per document and kept the worst "
+                  f"({chosen})."]
+    return [*lines, "", "![robustness](robustness.png)", ""]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(5.5, 6), dpi=120, sharex=True, height_ratios=[3, 1])
-    centers = [(b["low"] + b["high"]) / 2 for b in bins]
-    width = bins[0]["high"] - bins[0]["low"]
-    filled = [b for b in bins if b["count"]]
-    top.bar([(b["low"] + b["high"]) / 2 for b in filled], [b["accuracy"] for b in filled], width=width * 0.9,
-            edgecolor="black", alpha=0.7, label="accuracy")
-    top.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
-    top.plot([b["confidence"] for b in filled], [b["accuracy"] for b in filled], "o-", color="C3",
-             label="mean confidence → accuracy")
-    top.set_ylabel("accuracy")
-    top.set_ylim(0, 1)
-    top.legend(loc="upper left", fontsize=8)
-    top.set_title("reliability of the top token's probability")
-    total = sum(b["count"] for b in bins) or 1
-    bottom.bar(centers, [b["count"] / total for b in bins], width=width * 0.9, color="gray")
-    bottom.set_xlabel("confidence")
-    bottom.set_ylabel("share")
-    bottom.set_xlim(0, 1)
-    fig.tight_layout()
-    save_figure(fig, out_png)
+def _efficiency_lines(e: dict[str, Any]) -> list[str]:
+    batches = ", ".join(f"{b}: {t['decode_tokens_per_second']:,.0f}" for b, t in e["throughput"].items())
+    prefill = ", ".join(f"{b}: {t['prefill_tokens_per_second']:,.0f}" for b, t in e["throughput"].items())
+    return ["## Efficiency", "",
+            f"On {e['device']} in {e['dtype']}, prompts of {e['prompt_tokens']} tokens, {e['new_tokens']} new tokens, "
+            f"{e['repeats']} repeats:", "",
+            f"- prefill latency: p50 {e['prefill_ms']['p50']:.2f} ms, p95 {e['prefill_ms']['p95']:.2f} ms",
+            f"- decode latency per token: p50 {e['decode_ms_per_token']['p50']:.2f} ms, p95 "
+            f"{e['decode_ms_per_token']['p95']:.2f} ms ({e['decode_tokens_per_second']:,.0f} tokens/s at batch 1)",
+            f"- decode tokens/s by batch size: {batches}",
+            f"- prefill tokens/s by batch size: {prefill}",
+            f"- weights {e['weight_bytes'] / 2**20:.1f} MiB in memory, {e['size_on_disk_bytes'] / 2**20:.1f} MiB on disk; "
+            f"KV cache {e['kv_cache_bytes_per_token'] / 1024:.1f} KiB per token; peak memory "
+            f"{e['peak_memory_bytes'] / 2**20:,.0f} MiB ({e['peak_memory_kind']})", ""]
+
+
+def _cost_lines(cost: dict[str, Any]) -> list[str]:
+    lines = ["## Cost per million tokens", "",
+             f"Prices from {cost['prices']} (edit a copy and pass --prices). The first row is measured; the others "
+             "are roofline estimates for serving in bf16.", "",
+             f"| hardware | $/hour | decode, batch 1: tokens/s | $/M | decode, batch {cost['batch']}: tokens/s | $/M "
+             f"| prefill: tokens/s | $/M | source |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in cost["rows"]:
+        lines.append(f"| {row['hardware']} | {row['usd_per_hour']:.2f} | "
+                     + " | ".join(f"{row[f'{k}_tokens_per_second']:,.0f} | {row[f'{k}_usd_per_million']:.3g}"
+                                  for k in ("decode_batch1", "decode_batched", "prefill"))
+                     + f" | {row['source']} |")
+    return [*lines, "", "![cost per million tokens](cost.png)", ""]
