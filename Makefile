@@ -28,6 +28,7 @@ bench: setup
 	$(PY) bench/train_throughput.py
 	$(PY) bench/scaling.py
 	$(PY) bench/moe.py
+	$(PY) bench/eval.py
 
 lint: setup
 	$(VENV)/bin/ruff check src tests bench

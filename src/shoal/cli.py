@@ -127,20 +127,17 @@ def evaluate(model: Annotated[Path, typer.Argument(help="Run folder or exported 
                                                      "fp32, bf16.")] = "auto",
              out: Annotated[Path, typer.Option(help="Report folder.")] = Path("eval")) -> None:
     """Quality, calibration, robustness, speed and cost of a model on held-out documents; writes a report."""
-    from rich.console import Console
-
     from shoal.bundle import load_model
     from shoal.eval.data import evaluation_documents
     from shoal.eval.report import write_report
-    from shoal.eval.suite import run_suite
+    from shoal.eval.suite import check_options, run_suite
     from shoal.io import check_can_create_dir
 
+    check_options(suite, hardware, prices, adversarial_tries, dtype)  # before the model loads
     check_can_create_dir(out)
     loaded = load_model(model)
     description, documents = evaluation_documents(loaded, data or [])
-    console = Console(stderr=True)
-    summary = run_suite(loaded, list(documents), suite, hardware, prices, adversarial_tries, dtype,
-                        say=lambda text: console.print(f"[dim]{text}…[/dim]"))
+    summary = run_suite(loaded, list(documents), suite, hardware, prices, adversarial_tries, dtype, progress=True)
     write_report(summary, {k: v for k, v in loaded.info.items() if k != "config"} | {"source": str(model)},
                  description, out)
     q = summary["quality"]
@@ -179,6 +176,7 @@ VERDICT_EXIT_CODES = {"pass": 0, "regression": 1, "inconclusive": 2}
 def _compare(candidate: Path, baseline: Path, data: list[str], fail_on: str, margins: list[str], min_documents: int,
              resamples: int, out: Path) -> str:
     from shoal.bundle import load_model
+    from shoal.data.progress import PhaseProgress
     from shoal.eval.compare_report import write_comparison
     from shoal.eval.data import evaluation_documents
     from shoal.eval.gate import compare_scores, parse_fail_on, parse_margins
@@ -192,8 +190,13 @@ def _compare(candidate: Path, baseline: Path, data: list[str], fail_on: str, mar
     base, cand = load_model(baseline), load_model(candidate)
     description, documents = evaluation_documents(base, data)
     documents = list(documents)  # the same documents for both models
-    result = compare_scores(score_documents(cand.model, cand.tokenizer, documents),
-                            score_documents(base.model, base.tokenizer, documents), gates, margin_values,
+    total = sum(len(text.encode("utf-8")) for _, text in documents)
+    with PhaseProgress(True) as bar:
+        scores = []
+        for name, loaded in (("candidate", cand), ("baseline", base)):
+            bar.phase(f"scoring the {name}", total)
+            scores.append(score_documents(loaded.model, loaded.tokenizer, documents, on_bytes=bar.advance))
+    result = compare_scores(*scores, gates, margin_values,
                             same_tokenizer=cand.tokenizer.to_str() == base.tokenizer.to_str(),
                             resamples=resamples, min_documents=min_documents)
     write_comparison(result, str(candidate), str(baseline), description, out)

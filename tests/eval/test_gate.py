@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from shoal.bundle import load_model, save_bundle
+from shoal.errors import ShoalError
 from shoal.eval.gate import compare_scores, mcnemar
 from shoal.eval.metrics import expected_calibration_error
 from shoal.eval.scoring import Scores
@@ -29,7 +30,7 @@ def test_mcnemar_by_hand():
     assert mcnemar(right, right)["p_value"] == 1.0
 
 
-def synthetic_scores(nats: list[float], tokens: int = 100, seed: int = 0) -> Scores:
+def synthetic_scores(nats: list[float], tokens: int = 100, seed: int = 0, nbytes: int = 400) -> Scores:
     rng = np.random.default_rng(seed)
     scores = Scores()
     for i, n in enumerate(nats):
@@ -38,7 +39,7 @@ def synthetic_scores(nats: list[float], tokens: int = 100, seed: int = 0) -> Sco
         scores.names.append(f"d{i}")
         scores.nats.append(n)
         scores.tokens.append(tokens)
-        scores.bytes.append(4 * tokens)
+        scores.bytes.append(nbytes)
         scores.top1.append(int(correct.sum()))
         scores.top5.append(int(correct.sum()))
         scores.brier.append(0.5 * tokens)
@@ -69,6 +70,18 @@ def test_paired_bootstrap_verdicts():
     assert compare_scores(synthetic_scores([250.0] * 20), base, fail_on=["loss"])["verdict"] == "pass"
     small = synthetic_scores([300.0] * 3)
     assert compare_scores(synthetic_scores([400.0] * 3), small, fail_on=["loss"])["verdict"] == "inconclusive"
+
+
+def test_different_tokenizers_compare_on_bytes_only():
+    base = synthetic_scores([300.0] * 20)
+    other = synthetic_scores([330.0] * 20, tokens=120)  # the same documents cut into more tokens
+    result = compare_scores(other, base, fail_on=["bits_per_byte"], same_tokenizer=False)
+    assert set(result["metrics"]) == {"bits_per_byte", "ece"} and not result["same_tokenizer"]
+    assert result["verdict"] == "regression"
+    with pytest.raises(ShoalError, match="different tokenizers, so top1_accuracy cannot be compared"):
+        compare_scores(other, base, fail_on=["bits_per_byte", "top1_accuracy"], same_tokenizer=False)
+    with pytest.raises(ShoalError, match="not scored on the same documents"):
+        compare_scores(synthetic_scores([300.0] * 19), base)
 
 
 @pytest.fixture(scope="module")

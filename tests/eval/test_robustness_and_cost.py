@@ -64,7 +64,7 @@ def test_identifier_renaming_keeps_the_program():
     assert perturb(PROSE, "identifiers", 0, 0) is None  # not Python: does not apply
 
 
-def fake_scores(documents: list[tuple[str, str]]) -> Scores:
+def fake_scores(documents: list[tuple[str, str]], phase: str = "") -> Scores:
     """A stand-in scorer whose loss is the number of upper-case letters: case changes hurt it most."""
     scores = Scores()
     for name, text in documents:

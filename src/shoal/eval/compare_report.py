@@ -69,7 +69,7 @@ def plot_comparison(r: dict[str, Any], out_png: Path) -> None:
     ax.axvline(0, color="gray", linewidth=0.8)
     ax.set_yticks(range(len(names)), [METRICS[n].label + ("" if r["metrics"][n]["gates"] else " *") for n in names])
     ax.invert_yaxis()
-    ax.set_xlabel("harm in units of the margin (right of the red tick: worse than allowed)")
+    ax.set_xlabel("harm / margin (right of the red tick: worse than allowed)")
     ax.set_title(f"{r['verdict']}: candidate vs baseline (* not gating)")
     fig.tight_layout()
     save_figure(fig, out_png)

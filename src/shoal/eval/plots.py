@@ -57,7 +57,7 @@ def plot_robustness(rob: dict[str, Any], out_png: Path) -> None:
     ax.invert_yaxis()
     ax.axvline(0, color="gray", linewidth=0.8)
     ax.set_xlabel("bits per byte, perturbed minus clean (95% interval)")
-    ax.set_title("robustness: how much worse the model does on perturbed text")
+    ax.set_title("robustness: bits per byte lost to perturbed text")
     fig.tight_layout()
     save_figure(fig, out_png)
 

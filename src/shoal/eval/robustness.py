@@ -23,13 +23,13 @@ from shoal.eval.scoring import Scores
 
 REPORTED = ("bits_per_byte", "loss", "top1_accuracy", "ece")
 
-ScoreFn = Callable[[list[tuple[str, str]]], Scores]
+ScoreFn = Callable[[list[tuple[str, str]], str], Scores]  # (documents, what is being scored) -> Scores
 
 
 def evaluate_robustness(score: ScoreFn, documents: list[tuple[str, str]], clean: Scores, tries: int = 2,
                         resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """`score` turns (name, text) documents into Scores with the model under test; `clean` is its score of
-    `documents` as they are."""
+    """`score` turns (name, text) documents into Scores with the model under test (its second argument names the
+    pass, for progress); `clean` is its score of `documents` as they are."""
     per_kind: dict[str, dict[str, Any]] = {}
     candidates: dict[int, list[tuple[str, Scores, int]]] = {i: [] for i in range(len(documents))}
     for kind in PERTURBATIONS:
@@ -38,7 +38,7 @@ def evaluate_robustness(score: ScoreFn, documents: list[tuple[str, str]], clean:
             applied = [i for i, text in texts.items() if text is not None]
             if not applied:
                 break
-            scores = score([(documents[i][0], texts[i]) for i in applied])
+            scores = score([(documents[i][0], texts[i]) for i in applied], f"{kind} {attempt + 1}/{tries}")
             for row, i in enumerate(applied):
                 candidates[i].append((kind, scores, row))
             if attempt == 0:  # the first seed is the report's typical case of this perturbation

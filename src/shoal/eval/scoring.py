@@ -10,7 +10,7 @@ consecutive windows of max_seq_len predictions, each starting from a fresh conte
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,8 +41,9 @@ class Scores:
 
 @torch.no_grad()
 def score_documents(model: Transformer, tokenizer: Tokenizer, documents: Iterable[tuple[str, str]],
-                    batch_windows: int = 8) -> Scores:
-    """Score (name, text) documents; the model runs in eval mode on its own device and dtype."""
+                    batch_windows: int = 8, on_bytes: Callable[[int], None] | None = None) -> Scores:
+    """Score (name, text) documents; the model runs in eval mode on its own device and dtype. `on_bytes` hears the
+    size of each document scored (for a progress bar)."""
     model.eval()
     device = model.tok_embeddings.weight.device
     eot, window = eot_id(tokenizer), model.config.max_seq_len
@@ -55,6 +56,8 @@ def score_documents(model: Transformer, tokenizer: Tokenizer, documents: Iterabl
         stats = _score_sequence(model, torch.tensor(ids, device=device), window, batch_windows)
         scores.names.append(name)
         scores.bytes.append(len(text.encode("utf-8")))
+        if on_bytes is not None:
+            on_bytes(scores.bytes[-1])
         for key, value in stats.items():
             getattr(scores, key).append(value)
     if not scores.names:

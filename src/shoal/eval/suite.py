@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from shoal.bundle import LoadedModel
+from shoal.data.progress import PhaseProgress
 from shoal.errors import ShoalError
 from shoal.eval.cost import cost_table, default_hardware, load_prices
 from shoal.eval.efficiency import measure_efficiency
 from shoal.eval.report import summarize
 from shoal.eval.robustness import evaluate_robustness
-from shoal.eval.scoring import score_documents
+from shoal.eval.scoring import Scores, score_documents
 from shoal.hardware import pick_dtype
 
 SUITES = {"default": ("quality", "robustness", "efficiency"), "quick": ("quality",)}
@@ -21,40 +21,51 @@ SUITES = {"default": ("quality", "robustness", "efficiency"), "quick": ("quality
 
 def run_suite(loaded: LoadedModel, documents: list[tuple[str, str]], suite: str = "default",
               hardware: str | None = None, prices: str | Path | None = None, tries: int = 2, dtype: str = "auto",
-              say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+              progress: bool = False) -> dict[str, Any]:
     """Quality is always scored in the model's own precision (fp32 for loaded models); speed is measured in `dtype`
     (auto: bf16 where the hardware runs it faster, as a server would)."""
+    price_table = check_options(suite, hardware, prices, tries, dtype)
+    parts = SUITES[suite]
+    model, tokenizer = loaded.model, loaded.tokenizer
+    with PhaseProgress(progress) as bar:
+
+        def score(docs: list[tuple[str, str]], phase: str) -> Scores:
+            bar.phase(phase, sum(len(text.encode("utf-8")) for _, text in docs))
+            return score_documents(model, tokenizer, docs, on_bytes=bar.advance)
+
+        clean = score(documents, "scoring")
+        summary = summarize(clean)
+        summary["suite"] = suite
+        if "robustness" in parts:
+            summary["robustness"] = evaluate_robustness(score, documents, clean, tries)
+        if price_table:
+            bar.phase("speed and memory", 1)
+            device = model.tok_embeddings.weight.device
+            efficiency = measure_efficiency(copy.deepcopy(model).to(pick_dtype(dtype, device)))
+            efficiency["size_on_disk_bytes"] = size_on_disk(loaded)
+            bar.done()
+            summary["efficiency"] = efficiency
+            summary["cost"] = cost_table(model, efficiency, price_table,
+                                         hardware or default_hardware(efficiency["device"]))
+    return summary
+
+
+def check_options(suite: str, hardware: str | None, prices: str | Path | None, tries: int,
+                  dtype: str) -> dict[str, Any] | None:
+    """Refuse bad options before any work; returns the price table when the suite measures speed."""
     if suite not in SUITES:
         raise ShoalError(f"unknown suite {suite!r}; choose from {', '.join(SUITES)}")
     if dtype not in ("auto", "fp32", "bf16"):
         raise ShoalError(f"--dtype must be auto, fp32 or bf16, got {dtype!r}")
     if tries < 1:
         raise ShoalError(f"--adversarial-tries must be at least 1, got {tries}")
-    parts = SUITES[suite]
-    price_table = load_prices(prices) if "efficiency" in parts else None  # a bad table fails before any work
-    if price_table and hardware and hardware not in price_table["hardware"]:
+    if "efficiency" not in SUITES[suite]:
+        return None
+    price_table = load_prices(prices)
+    if hardware and hardware not in price_table["hardware"]:
         raise ShoalError(f"--hardware {hardware!r} is not in the price table {price_table['path']}; "
                          f"choose from {', '.join(price_table['hardware'])}")
-    model, tokenizer = loaded.model, loaded.tokenizer
-
-    def score(docs: list[tuple[str, str]]) -> Any:
-        return score_documents(model, tokenizer, docs)
-
-    say(f"scoring {len(documents):,} documents")
-    clean = score(documents)
-    summary = summarize(clean)
-    summary["suite"] = suite
-    if "robustness" in parts:
-        say(f"robustness: 4 perturbations x {tries} tries")
-        summary["robustness"] = evaluate_robustness(score, documents, clean, tries)
-    if price_table:
-        say("efficiency: latency, throughput, memory")
-        device = model.tok_embeddings.weight.device
-        efficiency = measure_efficiency(copy.deepcopy(model).to(pick_dtype(dtype, device)))
-        efficiency["size_on_disk_bytes"] = size_on_disk(loaded)
-        summary["efficiency"] = efficiency
-        summary["cost"] = cost_table(model, efficiency, price_table, hardware or default_hardware(efficiency["device"]))
-    return summary
+    return price_table
 
 
 def size_on_disk(loaded: LoadedModel) -> int:
