@@ -164,13 +164,16 @@ def compare(candidate: Annotated[Path, typer.Argument(help="The new model: run f
     """Paired comparison on the same documents; exit 0 pass, 1 regression, 2 inconclusive, 3 bad input."""
     try:
         verdict = _compare(candidate, baseline, data or [], fail_on, margin or [], min_documents, resamples, out)
-    except ShoalError as e:
-        typer.secho(f"error: {e}", err=True, fg="red")
+    except Exception as e:  # noqa: BLE001 -- whatever went wrong, CI must not read it as a verdict
+        message = str(e) if isinstance(e, ShoalError) else f"{type(e).__name__}: {e}"
+        typer.secho(f"error: {message}", err=True, fg="red")
         raise typer.Exit(3) from None
+    VERDICTS_GIVEN.append(verdict)
     raise typer.Exit(VERDICT_EXIT_CODES[verdict])
 
 
 VERDICT_EXIT_CODES = {"pass": 0, "regression": 1, "inconclusive": 2}
+VERDICTS_GIVEN: list[str] = []  # so main() can tell an "inconclusive" exit 2 from a usage error's
 
 
 def _compare(candidate: Path, baseline: Path, data: list[str], fail_on: str, margins: list[str], min_documents: int,
@@ -179,7 +182,7 @@ def _compare(candidate: Path, baseline: Path, data: list[str], fail_on: str, mar
     from shoal.data.progress import PhaseProgress
     from shoal.eval.compare_report import write_comparison
     from shoal.eval.data import evaluation_documents
-    from shoal.eval.gate import compare_scores, parse_fail_on, parse_margins
+    from shoal.eval.gate import check_comparable, compare_scores, parse_fail_on, parse_margins
     from shoal.eval.scoring import score_documents
     from shoal.io import check_can_create_dir
 
@@ -188,6 +191,8 @@ def _compare(candidate: Path, baseline: Path, data: list[str], fail_on: str, mar
         raise ShoalError("--min-documents must be at least 1 and --resamples at least 100")
     check_can_create_dir(out)
     base, cand = load_model(baseline), load_model(candidate)
+    same_tokenizer = json.loads(cand.tokenizer.to_str()) == json.loads(base.tokenizer.to_str())
+    check_comparable(gates, same_tokenizer)
     description, documents = evaluation_documents(base, data)
     documents = list(documents)  # the same documents for both models
     total = sum(len(text.encode("utf-8")) for _, text in documents)
@@ -197,7 +202,7 @@ def _compare(candidate: Path, baseline: Path, data: list[str], fail_on: str, mar
             bar.phase(f"scoring the {name}", total)
             scores.append(score_documents(loaded.model, loaded.tokenizer, documents, on_bytes=bar.advance))
     result = compare_scores(*scores, gates, margin_values,
-                            same_tokenizer=cand.tokenizer.to_str() == base.tokenizer.to_str(),
+                            same_tokenizer=same_tokenizer,
                             resamples=resamples, min_documents=min_documents)
     write_comparison(result, str(candidate), str(baseline), description, out)
     for name in result["fail_on"]:
@@ -264,6 +269,11 @@ def show_config(config: ConfigOption = "tiny", overrides: SetOption = None) -> N
 def main() -> None:
     try:
         app()
+    except SystemExit as e:
+        # A mistyped option exits 2 (click's usage error), which from compare would read as "inconclusive".
+        if sys.argv[1:2] == ["compare"] and e.code == 2 and not VERDICTS_GIVEN:
+            sys.exit(3)
+        raise
     except ShoalError as e:
         typer.secho(f"error: {e}", err=True, fg="red")
         sys.exit(1)

@@ -4,6 +4,9 @@ accuracy equals a plain one-by-one computation with the model, and its rolling b
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -73,3 +76,16 @@ def test_lm_eval_runs_a_shoal_model(trained_run, tasks, monkeypatch):
     shoal_bpb = sum(scores.nats) / math.log(2) / sum(scores.bytes)
     # The harness does not predict a closing end-of-text token; over thousands of tokens that is a small difference.
     assert results["shoal_docs"]["bits_per_byte,none"] == pytest.approx(shoal_bpb, rel=0.01)
+
+
+def test_lm_eval_command_line(trained_run, tasks, tmp_path):
+    """lm_eval's own command line with the model registered; batch_size in --model_args wins over its default."""
+    folder, _ = tasks
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-m", "shoal.eval.lm_harness", "--model", "shoal", "--model_args",
+                             f"pretrained={trained_run},batch_size=4", "--tasks", "shoal_choice", "--include_path",
+                             str(folder), "--output_path", str(tmp_path / "out")],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    written = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())
+    assert written["results"]["shoal_choice"]["acc,none"] == pytest.approx(plain_choice_accuracy(load_model(trained_run)))

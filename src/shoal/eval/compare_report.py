@@ -19,9 +19,9 @@ def write_comparison(result: dict[str, Any], candidate: str, baseline: str, data
     out_dir = ensure_writable_dir(out_dir)
     report = {"format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "candidate": candidate,
               "baseline": baseline, "data": data, **result}
-    atomic_write_json(out_dir / "compare.json", report)
     plot_comparison(report, out_dir / "compare.png")
     atomic_write_text(out_dir / "compare.md", render_comparison(report))
+    atomic_write_json(out_dir / "compare.json", report)  # last: its presence says the comparison is complete
     return out_dir
 
 

@@ -24,9 +24,11 @@ BF16_BYTES = 2  # estimates assume serving in bf16
 def load_prices(path: str | Path | None = None) -> dict[str, Any]:
     path = Path(path) if path else DEFAULT_PRICES
     try:
-        table = tomllib.loads(path.read_text())
+        table = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise ShoalError(f"cannot read the price table {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ShoalError(f"the price table {path} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
         raise ShoalError(f"the price table {path} is not valid TOML: {e}") from None
     hardware = table.get("hardware")
@@ -43,9 +45,12 @@ def load_prices(path: str | Path | None = None) -> dict[str, Any]:
             row[key] = value
         if row["usd_per_hour"] <= 0 or row["bf16_tflops"] <= 0 or row["memory_gb_per_s"] <= 0:
             raise ShoalError(f"{path}: [hardware.{name}] needs usd_per_hour, bf16_tflops and memory_gb_per_s above 0")
-    estimate = {"compute_efficiency": 0.5, "memory_efficiency": 0.7} | table.get("estimate", {})
-    if not all(isinstance(v, (int, float)) and 0 < v <= 1 for v in estimate.values()):
-        raise ShoalError(f"{path}: [estimate] efficiencies must be in (0, 1]")
+    estimate = {"compute_efficiency": 0.5, "memory_efficiency": 0.7}
+    given = table.get("estimate", {})
+    if not isinstance(given, dict) or not set(given) <= set(estimate) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1 for v in given.values()):
+        raise ShoalError(f"{path}: [estimate] may only set compute_efficiency and memory_efficiency, each in (0, 1]")
+    estimate.update(given)
     return {"path": str(path), "hardware": hardware, "estimate": estimate}
 
 
@@ -56,14 +61,14 @@ def default_hardware(device: str) -> str:
     import torch
 
     name = torch.cuda.get_device_name(device)
-    return "h100" if "H100" in name or "H200" in name else "a100" if "A100" in name else "consumer-gpu"
+    return "h200" if "H200" in name else "h100" if "H100" in name else "a100" if "A100" in name else "consumer-gpu"
 
 
 def estimated_tokens_per_second(model: Transformer, row: dict[str, Any], estimate: dict[str, float], batch: int,
                                 tokens: int, context: int) -> float:
-    """Roofline estimate of a forward pass over [batch, tokens] with `context` positions of cache."""
+    """Roofline estimate of a forward pass over [batch, tokens] after `context` cached positions."""
     cfg = model.config
-    flops = batch * tokens * model.flops_per_token(context) / 3
+    flops = batch * tokens * model.flops_per_token(context + tokens) / 3  # attention over every key it sees
     kv_per_token = 2 * cfg.n_layers * cfg.n_kv_heads * model.head_dim * BF16_BYTES
     nbytes = model.num_params() * BF16_BYTES + batch * (context + tokens) * kv_per_token
     seconds = max(flops / (estimate["compute_efficiency"] * row["bf16_tflops"] * 1e12),

@@ -113,9 +113,17 @@ def mcnemar(baseline_right: np.ndarray, candidate_right: np.ndarray) -> dict[str
         k = min(only_baseline, only_candidate)
         p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
     else:
-        chi2 = (abs(only_baseline - only_candidate) - 1) ** 2 / n
+        chi2 = max(0, abs(only_baseline - only_candidate) - 1) ** 2 / n
         p = math.erfc(math.sqrt(chi2 / 2))
     return {"only_baseline_right": only_baseline, "only_candidate_right": only_candidate, "p_value": p}
+
+
+def check_comparable(fail_on: list[str] | tuple[str, ...], same_tokenizer: bool) -> None:
+    """Refuse to gate on a metric that models with different tokenizers cannot share (before scoring anything)."""
+    not_comparable = [m for m in fail_on if not (same_tokenizer or METRICS[m].any_tokenizer)]
+    if not_comparable:
+        raise ShoalError(f"the models have different tokenizers, so {', '.join(not_comparable)} cannot be compared; "
+                         "gate on bits_per_byte (or ece) instead, e.g. --fail-on bits_per_byte")
 
 
 def same_tokens(candidate: Scores, baseline: Scores) -> bool:
@@ -129,11 +137,8 @@ def compare_scores(candidate: Scores, baseline: Scores, fail_on: list[str] | tup
     if candidate.names != baseline.names or candidate.bytes != baseline.bytes:
         raise ShoalError("the two models were not scored on the same documents")
     same_tokenizer = same_tokenizer and same_tokens(candidate, baseline)
+    check_comparable(fail_on, same_tokenizer)
     names = [m for m in METRICS if same_tokenizer or METRICS[m].any_tokenizer]
-    not_comparable = [m for m in fail_on if m not in names]
-    if not_comparable:
-        raise ShoalError(f"the models have different tokenizers, so {', '.join(not_comparable)} cannot be compared; "
-                         "gate on bits_per_byte (or ece) instead")
     margins = {m: METRICS[m].margin for m in METRICS} | (margins or {})
     n = len(baseline.names)
     rng = np.random.default_rng(seed)

@@ -7,11 +7,12 @@ Command:  python -m shoal.eval.lm_harness --model shoal --model_args pretrained=
 Log-likelihoods are computed like the harness's Hugging Face model: the context and the continuation are encoded
 together, the continuation's tokens are scored in one forward pass (the context cut on the left to fit the model's
 window), and rolling log-likelihoods use the harness's own disjoint windows. Generation uses shoal's KV-cache
-sampler, greedy unless the task asks for a temperature.
+sampler, greedy unless the task asks to sample.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -27,9 +28,14 @@ from shoal.serve.generate import generate
 
 @register_model("shoal")
 class ShoalLM(TemplateLM):
-    def __init__(self, pretrained: str, device: str = "cpu", batch_size: int | str = 8, max_gen_toks: int = 256,
+    def __init__(self, pretrained: str, device: str | None = None, batch_size: int | str = 8, max_gen_toks: int = 256,
                  **_: Any) -> None:
         super().__init__()
+        if device is None or (str(device).startswith("cuda") and not torch.cuda.is_available()):
+            # lm_eval's command line asks for cuda by default; without a GPU use the CPU, as its HF model does.
+            if device is not None:
+                logging.getLogger(__name__).warning("device %s is not available; using the CPU", device)
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         loaded = load_model(pretrained)
         self.model = loaded.model.to(device).eval()
         self.tokenizer = loaded.tokenizer
@@ -37,6 +43,16 @@ class ShoalLM(TemplateLM):
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 8  # "auto" picks the default
         self.max_gen_toks = int(max_gen_toks)
         self._device = torch.device(device)
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> ShoalLM:
+        return cls.create_from_arg_obj(utils.simple_parse_args_string(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> ShoalLM:
+        """lm_eval's command line passes batch_size and device on their own as well: --model_args wins."""
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
+        return cls(**arg_dict, **extra)
 
     @property
     def eot_token_id(self) -> int:
@@ -68,6 +84,9 @@ class ShoalLM(TemplateLM):
             rows, lengths = [], []
             for i in batch:
                 _, context, continuation = requests[i]
+                if len(continuation) > self.max_length:
+                    raise ValueError(f"a continuation of {len(continuation)} tokens does not fit the model's context "
+                                     f"of {self.max_length}")
                 whole = (context + continuation)[-(self.max_length + 1):]  # keep the end: the continuation matters
                 rows.append(whole[:-1])
                 lengths.append(len(continuation))
@@ -100,7 +119,12 @@ class ShoalLM(TemplateLM):
             until = settings.get("until") or []
             until = [until] if isinstance(until, str) else list(until)
             max_new = int(settings.get("max_gen_toks", self.max_gen_toks))
-            temperature = float(settings.get("temperature", 0.0)) if settings.get("do_sample", True) else 0.0
+            # Hugging Face's convention: do_sample decides (when unset: a temperature above 0 means sampling), and
+            # sampling without a temperature uses 1.
+            temperature = float(settings.get("temperature", 0.0))
+            sample = settings.get("do_sample")
+            sample = temperature > 0 if sample is None else bool(sample)
+            temperature = (temperature if "temperature" in settings else 1.0) if sample else 0.0
             prompt = self.tok_encode(context)[-max(1, self.max_length - max_new):] or [self.eot_token_id]
             new: list[int] = []
             text = ""

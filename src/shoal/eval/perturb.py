@@ -41,17 +41,21 @@ def _edit_spans(text: str, spans: list[tuple[int, int]], rng: np.random.Generato
 
 
 def _typo(word: str, rng: np.random.Generator) -> str:
-    i = int(rng.integers(1, len(word) - 1))  # an interior letter: the first one is kept, as people mostly do
-    kind = int(rng.integers(4))
-    if kind == 0:  # swap with the next letter
-        return word[:i] + word[i + 1] + word[i] + word[i + 2:]
-    if kind == 1:  # drop it
-        return word[:i] + word[i + 1:]
-    if kind == 2:  # double it
-        return word[:i] + word[i] + word[i:]
-    near = NEIGHBOURS[word[i].lower()]  # hit a neighbouring key
-    replacement = near[int(rng.integers(len(near)))]
-    return word[:i] + (replacement.upper() if word[i].isupper() else replacement) + word[i + 1:]
+    while True:  # swapping two equal letters changes nothing: draw again
+        i = int(rng.integers(1, len(word) - 1))  # an interior letter: the first one is kept, as people mostly do
+        kind = int(rng.integers(4))
+        if kind == 0:  # swap with the next letter
+            edited = word[:i] + word[i + 1] + word[i] + word[i + 2:]
+        elif kind == 1:  # drop it
+            edited = word[:i] + word[i + 1:]
+        elif kind == 2:  # double it
+            edited = word[:i] + word[i] + word[i:]
+        else:  # hit a neighbouring key
+            near = NEIGHBOURS[word[i].lower()]
+            replacement = near[int(rng.integers(len(near)))]
+            edited = word[:i] + (replacement.upper() if word[i].isupper() else replacement) + word[i + 1:]
+        if edited != word:
+            return edited
 
 
 def typos(text: str, rng: np.random.Generator) -> str | None:
@@ -81,14 +85,16 @@ def whitespace(text: str, rng: np.random.Generator) -> str | None:
 
 
 def identifiers(text: str, rng: np.random.Generator) -> str | None:
-    """A quarter of the names a Python document binds (at least one) renamed consistently to `v<number>`, leaving
-    attributes, builtins and keywords alone: the program means the same, only the names are unfamiliar."""
+    """A quarter of the names a Python document binds (at least one) renamed consistently to `v<number>`: the
+    program means the same, only the names are unfamiliar. Names that can be reached from outside the document's
+    own code are kept: attributes and class members (`obj.name`), keyword arguments (`f(name=...)`), names in
+    f-strings (not tokenized before Python 3.12), builtins, keywords and dunders."""
     try:
         tree = ast.parse(text)
         tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
     except (SyntaxError, ValueError, tokenize.TokenError):
         return None
-    bound = set()
+    bound, kept = set(), set(PROTECTED_NAMES)
     for node in ast.walk(tree):
         if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
             bound.add(node.id)
@@ -96,7 +102,17 @@ def identifiers(text: str, rng: np.random.Generator) -> str | None:
             bound.add(node.arg)
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             bound.add(node.name)
-    names = sorted(n for n in bound - PROTECTED_NAMES if not n.startswith("__"))
+        if isinstance(node, ast.ClassDef):  # methods and class attributes are used as obj.name
+            for member in node.body:
+                targets = member.targets if isinstance(member, ast.Assign) else [getattr(member, "target", member)]
+                kept.update(getattr(t, "id", getattr(t, "name", None)) for t in targets)
+        elif isinstance(node, ast.Attribute):
+            kept.add(node.attr)
+        elif isinstance(node, ast.keyword) and node.arg:
+            kept.add(node.arg)
+        elif isinstance(node, ast.JoinedStr):
+            kept.update(n.id for n in ast.walk(node) if isinstance(n, ast.Name))
+    names = sorted(n for n in bound - kept if not n.startswith("__"))
     if not names:
         return None
     chosen = rng.choice(names, size=max(1, round(0.25 * len(names))), replace=False)

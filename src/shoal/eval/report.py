@@ -47,13 +47,13 @@ def write_report(summary: dict[str, Any], model_info: dict[str, Any], data: str,
     out_dir = ensure_writable_dir(out_dir)
     report = {"format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model": model_info, "data": data,
               **summary}
-    atomic_write_json(out_dir / "report.json", report)
     plot_reliability(summary["calibration"]["bins_equal_width"], out_dir / "reliability.png")
     if "robustness" in summary:
         plot_robustness(summary["robustness"], out_dir / "robustness.png")
     if "cost" in summary:
         plot_cost(summary["cost"], out_dir / "cost.png")
     atomic_write_text(out_dir / "report.md", render_markdown(report))
+    atomic_write_json(out_dir / "report.json", report)  # last: its presence says the report is complete
     return out_dir
 
 

@@ -27,6 +27,10 @@ def run_suite(loaded: LoadedModel, documents: list[tuple[str, str]], suite: str 
     price_table = check_options(suite, hardware, prices, tries, dtype)
     parts = SUITES[suite]
     model, tokenizer = loaded.model, loaded.tokenizer
+    device = model.tok_embeddings.weight.device
+    if price_table:
+        hardware = hardware or default_hardware(str(device))
+        check_options(suite, hardware, prices, tries, dtype)  # the guessed row must be in the table too
     with PhaseProgress(progress) as bar:
 
         def score(docs: list[tuple[str, str]], phase: str) -> Scores:
@@ -40,13 +44,11 @@ def run_suite(loaded: LoadedModel, documents: list[tuple[str, str]], suite: str 
             summary["robustness"] = evaluate_robustness(score, documents, clean, tries)
         if price_table:
             bar.phase("speed and memory", 1)
-            device = model.tok_embeddings.weight.device
             efficiency = measure_efficiency(copy.deepcopy(model).to(pick_dtype(dtype, device)))
             efficiency["size_on_disk_bytes"] = size_on_disk(loaded)
             bar.done()
             summary["efficiency"] = efficiency
-            summary["cost"] = cost_table(model, efficiency, price_table,
-                                         hardware or default_hardware(efficiency["device"]))
+            summary["cost"] = cost_table(model, efficiency, price_table, hardware)
     return summary
 
 
@@ -59,13 +61,13 @@ def check_options(suite: str, hardware: str | None, prices: str | Path | None, t
         raise ShoalError(f"--dtype must be auto, fp32 or bf16, got {dtype!r}")
     if tries < 1:
         raise ShoalError(f"--adversarial-tries must be at least 1, got {tries}")
-    if "efficiency" not in SUITES[suite]:
+    if "efficiency" not in SUITES[suite] and prices is None:
         return None
     price_table = load_prices(prices)
     if hardware and hardware not in price_table["hardware"]:
         raise ShoalError(f"--hardware {hardware!r} is not in the price table {price_table['path']}; "
                          f"choose from {', '.join(price_table['hardware'])}")
-    return price_table
+    return price_table if "efficiency" in SUITES[suite] else None
 
 
 def size_on_disk(loaded: LoadedModel) -> int:
