@@ -60,6 +60,14 @@ class KVCache:
     def reset(self) -> None:
         self.pos = 0
 
+    def slot(self, index: int) -> KVCache:
+        """A batch-of-one cache sharing row `index`'s storage, at position 0: prefill one sequence into its slot."""
+        view = KVCache.__new__(KVCache)
+        view.k = [k[index:index + 1] for k in self.k]
+        view.v = [v[index:index + 1] for v in self.v]
+        view.pos = 0
+        return view
+
 
 def rope_tables(head_dim: int, max_seq_len: int, theta: float, device: torch.device | str | None = None
                 ) -> tuple[Tensor, Tensor]:
@@ -96,14 +104,21 @@ class Attention(nn.Module):
         self.wo = nn.Linear(cfg.n_heads * self.head_dim, cfg.d_model, bias=False)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None,
-                mask: Tensor | None = None) -> Tensor:
+                mask: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
         B, T, _ = x.shape
         # -1 heads: under tensor parallel this rank computes only its share of the query and key/value heads.
         q = self.wq(x).view(B, T, -1, self.head_dim).transpose(1, 2)
         k = self.wk(x).view(B, T, -1, self.head_dim).transpose(1, 2)
         v = self.wv(x).view(B, T, -1, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
+        if cache is not None and positions is not None:
+            # One new token per row, each at its own position (rows decode sequences of different lengths); the mask
+            # keeps every row to its own positions.
+            rows = torch.arange(B, device=x.device)
+            cache.k[self.layer_id][rows, :, positions] = k[:, :, 0]
+            cache.v[self.layer_id][rows, :, positions] = v[:, :, 0]
+            k, v = cache.k[self.layer_id], cache.v[self.layer_id]
+        elif cache is not None:
             # Write this chunk at its positions, then attend over everything cached so far.
             end = cache.pos + T
             cache.k[self.layer_id][:, :, cache.pos:end] = k
@@ -135,8 +150,8 @@ class Block(nn.Module):
         self.feed_forward = MoE(cfg) if moe else FeedForward(cfg.d_model, cfg.d_ff)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None,
-                mask: Tensor | None = None) -> Tensor:
-        x = x + self.attention(self.attention_norm(x), cos, sin, cache, mask)
+                mask: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
+        x = x + self.attention(self.attention_norm(x), cos, sin, cache, mask, positions)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -231,6 +246,23 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.pos += T
         return self.output(self.norm(h))
+
+    def decode(self, tokens: Tensor, cache: KVCache, positions: Tensor) -> Tensor:
+        """One step for every row of the cache: tokens [B] at positions [B] (each row its own) -> logits [B, vocab].
+
+        The shapes never change from step to step (all rows run, whatever their lengths), which is what a batched
+        decoder that admits and retires sequences needs, and what CUDA graphs need. cache.pos is not used.
+        """
+        if tokens.shape != positions.shape or tokens.shape[0] != cache.batch_size:
+            raise ValueError(f"decode needs one token and one position per cache row ({cache.batch_size})")
+        cos = self.rope_cos[positions][:, None, None, :]  # [B, 1, 1, head_dim / 2]: broadcasts over heads
+        sin = self.rope_sin[positions][:, None, None, :]
+        keys = torch.arange(cache.max_len, device=tokens.device)
+        mask = (keys[None, :] <= positions[:, None])[:, None, None, :]  # [B, 1, 1, max_len]
+        h = self.tok_embeddings(tokens[:, None])
+        for layer in self.layers:
+            h = layer(h, cos, sin, cache, mask, positions)
+        return self.output(self.norm(h))[:, 0]
 
     def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None,
                   device: torch.device | str | None = None) -> KVCache:

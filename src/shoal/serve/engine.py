@@ -1,0 +1,141 @@
+"""A batched generation engine over a preallocated KV cache: sequences of different lengths decode together, and a
+finished sequence's slot takes the next request at once (continuous batching), without waiting for the others.
+
+The cache has `max_batch` rows of `max_len` positions, allocated once. A request is prefilled into a free row on its
+own (its prompt in one forward pass), then every `step()` samples one token for each running sequence from its last
+logits and runs all rows through one decode pass, each row at its own position. Each sequence keeps its own sampling
+settings and random generator, so its tokens do not depend on what else is in the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from shoal.models.transformer import Transformer
+from shoal.serve.generate import sample_next
+
+
+@dataclass
+class Request:
+    prompt: list[int]
+    max_tokens: int
+    temperature: float = 0.0  # 0: greedy
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop_token: int | None = None  # ends the sequence; not part of its output
+
+
+@dataclass
+class Sequence:
+    request: Request
+    slot: int
+    tokens: list[int] = field(default_factory=list)  # generated so far
+    finish_reason: str | None = None  # "stop" (stop token), "length" (max_tokens or the context is full)
+    generator: torch.Generator | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+
+class Engine:
+    def __init__(self, model: Transformer, max_batch: int = 8, max_len: int | None = None) -> None:
+        self.model = model.eval()
+        self.max_len = min(max_len or model.config.max_seq_len, model.config.max_seq_len)
+        self.cache = model.new_cache(max_batch, self.max_len)
+        self.device = model.tok_embeddings.weight.device
+        self.positions = torch.zeros(max_batch, dtype=torch.long, device=self.device)  # next position per row
+        self.last_tokens = torch.zeros(max_batch, dtype=torch.long, device=self.device)
+        self.logits = torch.zeros(max_batch, model.config.vocab_size, device=self.device)
+        self.slots: list[Sequence | None] = [None] * max_batch
+
+    @property
+    def free_slots(self) -> int:
+        return self.slots.count(None)
+
+    @property
+    def running(self) -> list[Sequence]:
+        return [s for s in self.slots if s is not None]
+
+    def check(self, request: Request) -> None:
+        """Raise ValueError for a request this engine can never run."""
+        cfg = self.model.config
+        if not request.prompt:
+            raise ValueError("the prompt is empty: generation needs at least one token")
+        if len(request.prompt) > self.max_len:
+            raise ValueError(f"the prompt has {len(request.prompt)} tokens, more than the context of {self.max_len}")
+        if min(request.prompt) < 0 or max(request.prompt) >= cfg.vocab_size:
+            raise ValueError(f"prompt token ids must be in [0, {cfg.vocab_size})")
+        if request.max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {request.max_tokens}")
+        if request.temperature < 0 or request.top_k < 0 or not 0.0 <= request.top_p <= 1.0:
+            raise ValueError("need temperature >= 0, top_k >= 0 and top_p in [0, 1]")
+
+    @torch.inference_mode()
+    def add(self, request: Request) -> Sequence:
+        """Prefill `request` into a free row; raises RuntimeError when every row is busy."""
+        self.check(request)
+        if self.free_slots == 0:
+            raise RuntimeError("no free slot: wait for a sequence to finish")
+        slot = self.slots.index(None)
+        generator = None
+        if request.seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(request.seed)
+        sequence = Sequence(request, slot, generator=generator)
+        prompt = torch.tensor([request.prompt], dtype=torch.long, device=self.device)
+        self.logits[slot] = self.model(prompt, self.cache.slot(slot))[0, -1].float()
+        self.positions[slot] = len(request.prompt)
+        self.slots[slot] = sequence
+        return sequence
+
+    @torch.inference_mode()
+    def step(self) -> list[tuple[Sequence, int | None]]:
+        """One token for every running sequence: (sequence, token) pairs, token None when a stop token ended it.
+        Finished sequences leave their rows; the rows still running advance by one decode pass."""
+        events: list[tuple[Sequence, int | None]] = []
+        for sequence in self.running:
+            r = sequence.request
+            token = int(sample_next(self.logits[sequence.slot:sequence.slot + 1], r.temperature, r.top_k, r.top_p,
+                                    sequence.generator).item())
+            if token == r.stop_token:
+                sequence.finish_reason = "stop"
+                events.append((sequence, None))
+            else:
+                sequence.tokens.append(token)
+                events.append((sequence, token))
+                # Every token is predicted from at most max_len positions: the last one is never fed back.
+                if len(sequence.tokens) >= r.max_tokens or int(self.positions[sequence.slot]) >= self.max_len:
+                    sequence.finish_reason = "length"
+            if sequence.done:
+                self.slots[sequence.slot] = None
+                self.positions[sequence.slot] = 0
+            else:
+                self.last_tokens[sequence.slot] = token
+        if self.running:
+            self._decode()
+        return events
+
+    def _decode(self) -> None:
+        active = torch.tensor([s is not None for s in self.slots], device=self.device)
+        tokens = torch.where(active, self.last_tokens, 0)
+        logits = self.model.decode(tokens, self.cache, self.positions).float()
+        self.logits = torch.where(active[:, None], logits, self.logits)
+        self.positions += active.long()
+
+
+def generate_batch(model: Transformer, requests: list[Request], max_batch: int = 8) -> list[Sequence]:
+    """Run `requests` to completion through one engine, admitting the next as soon as a row frees up."""
+    engine = Engine(model, max_batch)
+    waiting = list(requests)
+    finished: list[Sequence] = []
+    for request in waiting:
+        engine.check(request)
+    while waiting or engine.running:
+        while waiting and engine.free_slots:
+            engine.add(waiting.pop(0))
+        finished += [s for s, _ in engine.step() if s.done]
+    order = {id(r): i for i, r in enumerate(requests)}
+    return sorted(finished, key=lambda s: order[id(s.request)])
