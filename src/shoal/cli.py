@@ -250,6 +250,51 @@ def generate(model: Annotated[Path, typer.Argument(help="Run folder or exported 
     sys.stdout.write("\n")
 
 
+@app.command()
+def serve(model: Annotated[Path, typer.Argument(help="Run folder or exported bundle.")],
+          host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+          max_batch: Annotated[int, typer.Option(help="Sequences decoded together (KV-cache rows).")] = 8,
+          max_queue: Annotated[int, typer.Option(help="Requests that may wait for a row; more get 429.")] = 64,
+          queue_timeout: Annotated[float, typer.Option(help="Seconds a request may wait for a row; then 503.")] = 30.0,
+          dtype: Annotated[str, typer.Option(help="auto (bf16 where faster), fp32 or bf16.")] = "auto",
+          insecure: Annotated[bool, typer.Option(help="Allow a non-loopback address without authentication.")] = False,
+          ) -> None:
+    """Serve the model over an OpenAI-compatible HTTP API (POST /v1/completions, GET /v1/models, GET /healthz)."""
+    import ipaddress
+
+    if not insecure:
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ShoalError(f"refusing to serve on {host}: this server has no authentication yet, so it binds only to "
+                             "a loopback address; put it behind an authenticating proxy and pass --insecure")
+    if max_batch < 1 or max_queue < 0 or queue_timeout <= 0 or not 0 < port < 65536:
+        raise ShoalError("need --max-batch >= 1, --max-queue >= 0, --queue-timeout > 0 and a port in 1..65535")
+    if dtype not in ("auto", "fp32", "bf16"):
+        raise ShoalError(f"--dtype must be auto, fp32 or bf16, got {dtype!r}")
+    import uvicorn
+
+    from shoal.bundle import load_model
+    from shoal.hardware import pick_dtype
+    from shoal.serve.engine import Engine
+    from shoal.serve.scheduler import Scheduler
+    from shoal.serve.server import create_app
+
+    loaded = load_model(model)
+    weights = loaded.model.tok_embeddings.weight
+    network = loaded.model.to(pick_dtype(dtype, weights.device))
+    scheduler = Scheduler(Engine(network, max_batch), max_queue, queue_timeout)
+    try:
+        # uvicorn finishes the requests in flight on Ctrl-C / SIGTERM before it returns.
+        uvicorn.run(create_app(scheduler, loaded.tokenizer, model.resolve().name), host=host, port=port,
+                    log_level="info")
+    finally:
+        scheduler.close()
+
+
 @app.command("export")
 def export(run: Annotated[Path, typer.Argument(help="Run folder.")],
            out: Annotated[Path | None, typer.Option(help="Bundle folder (default: RUN/bundle).")] = None) -> None:

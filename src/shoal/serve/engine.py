@@ -91,6 +91,13 @@ class Engine:
         self.slots[slot] = sequence
         return sequence
 
+    def remove(self, sequence: Sequence) -> None:
+        """Take a running sequence out (cancelled); its row is free for the next request."""
+        if self.slots[sequence.slot] is sequence:
+            self.slots[sequence.slot] = None
+            self.positions[sequence.slot] = 0
+            sequence.finish_reason = sequence.finish_reason or "cancelled"
+
     @torch.inference_mode()
     def step(self) -> list[tuple[Sequence, int | None]]:
         """One token for every running sequence: (sequence, token) pairs, token None when a stop token ended it.
