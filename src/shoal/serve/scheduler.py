@@ -89,31 +89,36 @@ class Scheduler:
                     self._wake.wait()
                 if self._stopping and not (self._waiting or self._running):
                     return
-                admitted = self._admit()
-            for ticket, outcome in admitted:  # finished before they ran: called outside the lock
+                admitted, refused = self._take_waiting()
+            # Prefills and callbacks run outside the lock, so that submit() never waits for the model.
+            for ticket, outcome in refused:
                 ticket.on_finish(outcome)
+            for ticket in admitted:
+                try:
+                    ticket.sequence = self.engine.add(ticket.request)
+                except Exception as e:  # noqa: BLE001 -- the request fails, the server goes on
+                    ticket.on_finish(e)
+                    continue
+                self._running[ticket.sequence.slot] = ticket
             self._retire_cancelled()
             if self._running:
                 self._step()
 
-    def _admit(self) -> list[tuple[Ticket, object]]:
-        """Move waiting tickets into free rows (and expire the ones that waited too long); called under the lock."""
-        out = []
+    def _take_waiting(self) -> tuple[list[Ticket], list[tuple[Ticket, object]]]:
+        """Waiting tickets that get a free row now, and those that must be refused (expired or cancelled while
+        waiting); called under the lock."""
+        admitted, refused = [], []
         now = time.monotonic()
-        while self._waiting and (self.engine.free_slots or now - self._waiting[0].submitted > self.queue_timeout):
+        free = self.engine.free_slots
+        while self._waiting and (len(admitted) < free or now - self._waiting[0].submitted > self.queue_timeout):
             ticket = self._waiting.popleft()
             if ticket.cancelled:
-                out.append((ticket, "cancelled"))
+                refused.append((ticket, "cancelled"))
             elif now - ticket.submitted > self.queue_timeout:
-                out.append((ticket, Busy(f"waited {self.queue_timeout:g} s for a free slot; retry later", 503)))
+                refused.append((ticket, Busy(f"waited {self.queue_timeout:g} s for a free slot; retry later", 503)))
             else:
-                try:
-                    ticket.sequence = self.engine.add(ticket.request)
-                except Exception as e:  # noqa: BLE001 -- the request fails, the server goes on
-                    out.append((ticket, e))
-                    continue
-                self._running[ticket.sequence.slot] = ticket
-        return out
+                admitted.append(ticket)
+        return admitted, refused
 
     def _retire_cancelled(self) -> None:
         for slot, ticket in list(self._running.items()):
