@@ -254,25 +254,37 @@ def generate(model: Annotated[Path, typer.Argument(help="Run folder or exported 
 def serve(model: Annotated[Path, typer.Argument(help="Run folder or exported bundle.")],
           host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
           port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+          api_key_file: Annotated[Path | None, typer.Option(
+              help="File of API keys, one per line (name:key); clients send Authorization: Bearer <key>.")] = None,
+          rate_limit: Annotated[float, typer.Option(help="Requests per minute per key (0: unlimited).")] = 0.0,
           max_batch: Annotated[int, typer.Option(help="Sequences decoded together (KV-cache rows).")] = 8,
           max_queue: Annotated[int, typer.Option(help="Requests that may wait for a row; more get 429.")] = 64,
           queue_timeout: Annotated[float, typer.Option(help="Seconds a request may wait for a row; then 503.")] = 30.0,
+          request_timeout: Annotated[float, typer.Option(help="Seconds from arrival to the last token; then 504.")] = 300.0,
+          max_tokens: Annotated[int, typer.Option(help="Largest max_tokens a request may ask for.")] = 1024,
+          max_prompt_tokens: Annotated[int, typer.Option(help="Longest prompt in tokens (0: the model's context).")] = 0,
+          max_body_bytes: Annotated[int, typer.Option(help="Largest request body; more gets 413.")] = 1 << 20,
           dtype: Annotated[str, typer.Option(help="auto (bf16 where faster), fp32 or bf16.")] = "auto",
-          insecure: Annotated[bool, typer.Option(help="Allow a non-loopback address without authentication.")] = False,
+          insecure: Annotated[bool, typer.Option(help="Allow a non-loopback address without API keys.")] = False,
           ) -> None:
-    """Serve the model over an OpenAI-compatible HTTP API (POST /v1/completions, GET /v1/models, GET /healthz)."""
+    """Serve the model over an OpenAI-compatible HTTP API: POST /v1/completions, GET /v1/models, /healthz, /metrics."""
     import ipaddress
 
-    if not insecure:
+    from shoal.serve.security import load_api_keys
+
+    keys = load_api_keys(api_key_file) if api_key_file else None
+    if keys is None and not insecure:
         try:
             loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
         except ValueError:
             loopback = False
         if not loopback:
-            raise ShoalError(f"refusing to serve on {host}: this server has no authentication yet, so it binds only to "
-                             "a loopback address; put it behind an authenticating proxy and pass --insecure")
-    if max_batch < 1 or max_queue < 0 or queue_timeout <= 0 or not 0 < port < 65536:
-        raise ShoalError("need --max-batch >= 1, --max-queue >= 0, --queue-timeout > 0 and a port in 1..65535")
+            raise ShoalError(f"refusing to serve on {host} without API keys; pass --api-key-file FILE (or --insecure "
+                             "behind a proxy that authenticates)")
+    if (max_batch < 1 or max_queue < 0 or queue_timeout <= 0 or request_timeout <= 0 or max_tokens < 1
+            or max_prompt_tokens < 0 or max_body_bytes < 1 or rate_limit < 0 or not 0 < port < 65536):
+        raise ShoalError("need --max-batch, --max-tokens and --max-body-bytes >= 1, positive timeouts, non-negative "
+                         "--max-queue, --max-prompt-tokens and --rate-limit, and a port in 1..65535")
     if dtype not in ("auto", "fp32", "bf16"):
         raise ShoalError(f"--dtype must be auto, fp32 or bf16, got {dtype!r}")
     import uvicorn
@@ -281,15 +293,17 @@ def serve(model: Annotated[Path, typer.Argument(help="Run folder or exported bun
     from shoal.hardware import pick_dtype
     from shoal.serve.engine import Engine
     from shoal.serve.scheduler import Scheduler
-    from shoal.serve.server import create_app
+    from shoal.serve.server import ServerSettings, create_app
 
     loaded = load_model(model)
     weights = loaded.model.tok_embeddings.weight
     network = loaded.model.to(pick_dtype(dtype, weights.device))
     scheduler = Scheduler(Engine(network, max_batch), max_queue, queue_timeout)
+    settings = ServerSettings(keys, rate_limit or None, max_body_bytes, max_prompt_tokens or None, max_tokens,
+                              request_timeout)
     try:
         # uvicorn finishes the requests in flight on Ctrl-C / SIGTERM before it returns.
-        uvicorn.run(create_app(scheduler, loaded.tokenizer, model.resolve().name), host=host, port=port,
+        uvicorn.run(create_app(scheduler, loaded.tokenizer, model.resolve().name, settings), host=host, port=port,
                     log_level="info")
     finally:
         scheduler.close()

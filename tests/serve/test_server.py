@@ -5,6 +5,8 @@ requests are 4xx JSON, never a 500."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import signal
 import socket
@@ -20,11 +22,13 @@ import uvicorn
 
 from shoal.config import ModelConfig
 from shoal.data.tokenizer import eot_id, train_tokenizer
+from shoal.errors import ShoalError
 from shoal.models.transformer import Transformer, resolve_model_config
 from shoal.serve.engine import Engine
 from shoal.serve.generate import generate
 from shoal.serve.scheduler import Scheduler
-from shoal.serve.server import create_app
+from shoal.serve.security import load_api_keys
+from shoal.serve.server import ServerSettings, create_app
 
 from ..cli.test_cli import assert_one_line_error
 from ..conftest import shoal
@@ -165,6 +169,7 @@ def test_shoal_serve_command(trained_run):
     # uvicorn shuts down cleanly, then re-raises the signal so that a supervisor sees how it ended.
     assert process.returncode in (0, -signal.SIGTERM) and "Application shutdown complete" in stderr, stderr
     assert_one_line_error(shoal("serve", str(trained_run), "--host", "0.0.0.0"), "refusing to serve on 0.0.0.0")
+    assert_one_line_error(shoal("serve", str(trained_run), "--api-key-file", str(trained_run / "none")), "cannot read")
 
 
 def test_the_official_openai_client(server, model, tokenizer):
@@ -177,3 +182,65 @@ def test_the_official_openai_client(server, model, tokenizer):
     stream = client.completions.create(model="tiny-test", prompt="x = [1,", max_tokens=10, temperature=0, stream=True)
     assert "".join(chunk.choices[0].text for chunk in stream) == text
     assert [m.id for m in client.models.list()] == ["tiny-test"]
+
+
+@contextlib.contextmanager
+def running(app):
+    instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    while not instance.started:
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{instance.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        instance.should_exit = True
+        thread.join(10)
+
+
+ALICE, BOB = "a" * 20 + "alice-key", "b" * 20 + "bob-key"
+
+
+def test_keys_rate_limits_caps_and_metrics(model, tokenizer, tmp_path):
+    key_file = tmp_path / "keys"
+    key_file.write_text(f"# team keys\nalice:{ALICE}\n\nbob:{BOB}\n")
+    settings = ServerSettings(api_keys=load_api_keys(key_file), rate_limit=3, max_tokens=8, max_body_bytes=4096)
+    scheduler = Scheduler(Engine(model, max_batch=2))
+    ok = {"prompt": "def", "max_tokens": 4, "temperature": 0}
+    with running(create_app(scheduler, tokenizer, "secure", settings)) as url:
+        post = functools.partial(httpx.post, f"{url}/v1/completions", timeout=30)
+        anonymous = post(json=ok)
+        assert anonymous.status_code == 401 and anonymous.headers["www-authenticate"] == "Bearer"
+        assert post(json=ok, headers={"Authorization": "Bearer " + ALICE[:-1] + "x"}).status_code == 401
+        assert httpx.get(f"{url}/v1/models").status_code == 401
+        alice = {"Authorization": f"Bearer {ALICE}"}
+        assert post(json=ok, headers=alice).status_code == 200
+        assert post(json={**ok, "max_tokens": 9}, headers=alice).status_code == 400  # over the cap
+        assert post(content=b"{" + b" " * 5000 + b"}", headers={**alice, "content-type": "application/json"}
+                    ).status_code == 413
+        chunks = (b" " * 1000 for _ in range(6))  # no declared length: counted while it arrives
+        assert post(content=chunks, headers={**alice, "content-type": "application/json"}).status_code == 413
+        bob = {"Authorization": f"Bearer {BOB}"}
+        statuses = [post(json=ok, headers=bob).status_code for _ in range(4)]
+        assert statuses == [200, 200, 200, 429]  # 3 a minute, per key
+        limited = post(json=ok, headers=bob)
+        assert int(limited.headers["retry-after"]) >= 1 and "rate limit" in limited.json()["error"]["message"]
+        text = httpx.get(f"{url}/metrics").text
+    scheduler.close()
+    assert 'shoal_requests_total{status="401"} 3.0' in text and 'shoal_requests_total{status="200"} 4.0' in text, text
+    assert 'shoal_requests_total{status="429"} 2.0' in text and "shoal_queue_depth 0.0" in text, text
+    assert "shoal_request_seconds_count 4.0" in text and "shoal_generated_tokens_total" in text
+
+
+def test_request_timeout_and_key_files(model, tokenizer, tmp_path):
+    scheduler = Scheduler(Engine(model, max_batch=1))
+    with running(create_app(scheduler, tokenizer, "slow", ServerSettings(request_timeout=0.0001))) as url:
+        reply = httpx.post(f"{url}/v1/completions", json={"prompt": "def", "max_tokens": 50}, timeout=30)
+    scheduler.close()
+    assert reply.status_code == 504 and "longer than" in reply.json()["error"]["message"]
+    for text, words in (("short\n", "at least 16 characters"), ("# nothing\n", "holds no keys")):
+        (tmp_path / "keys").write_text(text)
+        with pytest.raises(ShoalError, match=words):
+            load_api_keys(tmp_path / "keys")
+    with pytest.raises(ShoalError, match="cannot read"):
+        load_api_keys(tmp_path / "missing")

@@ -1,27 +1,34 @@
 """`shoal serve`: an OpenAI-compatible completions server (FastAPI + uvicorn) over the batching scheduler.
 
-Routes: POST /v1/completions (with `stream: true` as server-sent events), GET /v1/models, GET /healthz.
-Bad requests are 400/422 JSON errors in OpenAI's shape, never a 500; a full queue is 429, a queue timeout 503.
+Routes: POST /v1/completions (with `stream: true` as server-sent events), GET /v1/models, GET /healthz,
+GET /metrics (Prometheus). Bad requests are 4xx JSON errors in OpenAI's shape, never a 500: 401 without a valid API
+key (when keys are set), 400 over the caps, 413 for a body over the limit, 422 for malformed fields, 429 over the
+rate limit or with a full queue, 503 after a queue timeout, 504 after the request timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Tokenizer
 
 from shoal.data.tokenizer import eot_id
 from shoal.serve.engine import Request as EngineRequest
+from shoal.serve.metrics import ServerMetrics
 from shoal.serve.scheduler import Busy, Scheduler
+from shoal.serve.security import RateLimiter, match_key
 
 
 class CompletionRequest(BaseModel):
@@ -40,61 +47,123 @@ class CompletionRequest(BaseModel):
     user: str | None = None
 
 
-def error_response(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+@dataclass
+class ServerSettings:
+    api_keys: dict[str, str] | None = None  # {key: name}; None: no authentication (loopback only)
+    rate_limit: float | None = None  # requests per minute per key (per client address without keys)
+    max_body_bytes: int = 1 << 20
+    max_prompt_tokens: int | None = None  # default: the model's context
+    max_tokens: int = 1024  # cap on a request's max_tokens
+    request_timeout: float = 300.0  # seconds from arrival to the last token
 
 
-def create_app(scheduler: Scheduler, tokenizer: Tokenizer, model_name: str) -> FastAPI:
+def error_response(status: int, message: str, kind: str = "invalid_request_error",
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status,
+                        headers=headers)
+
+
+def create_app(scheduler: Scheduler, tokenizer: Tokenizer, model_name: str,
+               settings: ServerSettings | None = None) -> FastAPI:
+    settings = settings or ServerSettings()
     app = FastAPI(title="shoal", version="1")
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    metrics = ServerMetrics(scheduler)
+    limiter = RateLimiter(settings.rate_limit) if settings.rate_limit else None
     eot = eot_id(tokenizer)
     created = int(time.time())
+    max_prompt = settings.max_prompt_tokens or scheduler.engine.max_len
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        metrics.requests.labels("422").inc()
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         return error_response(422, f"{where}: {first.get('msg', 'invalid request')}" if where else
                               first.get("msg", "invalid request"))
 
+    def refuse(status: int, message: str, kind: str = "invalid_request_error", **headers: str) -> JSONResponse:
+        metrics.requests.labels(str(status)).inc()
+        return error_response(status, message, kind, headers or None)
+
+    def gatekeeper(request: Request) -> JSONResponse | None:
+        """401 without a valid key (when keys are set), 429 over the rate limit; None lets the request in."""
+        client = request.client.host if request.client else "unknown"
+        if settings.api_keys is not None:
+            scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+            name = match_key(settings.api_keys, presented.strip()) if scheme.lower() == "bearer" else None
+            if name is None:
+                return refuse(401, "a valid API key is required: Authorization: Bearer <key>", "authentication_error",
+                              **{"WWW-Authenticate": "Bearer"})
+            client = name
+        wait = limiter.allow(client) if limiter else 0.0
+        if wait:
+            return refuse(429, f"rate limit of {settings.rate_limit:g} requests per minute reached; retry in "
+                          f"{wait:.1f} s", "rate_limit_error", **{"Retry-After": str(math.ceil(wait))})
+        return None
+
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "model": model_name, "running": scheduler.batch_size, "waiting": scheduler.queue_depth}
 
-    @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created, "owned_by": "shoal"}]}
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models", response_model=None)
+    async def models(request: Request) -> JSONResponse:
+        refused = gatekeeper(request)
+        return refused or JSONResponse({"object": "list", "data": [
+            {"id": model_name, "object": "model", "created": created, "owned_by": "shoal"}]})
 
     @app.post("/v1/completions", response_model=None)
-    async def completions(body: CompletionRequest) -> JSONResponse | StreamingResponse:
+    async def completions(body: CompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
+        arrived = time.monotonic()
+        refused = gatekeeper(request)
+        if refused:
+            return refused
         if body.model not in (None, model_name):
-            return error_response(404, f"model {body.model!r} is not served here; this server serves {model_name!r}",
-                                  "not_found_error")
+            return refuse(404, f"model {body.model!r} is not served here; this server serves {model_name!r}",
+                          "not_found_error")
+        if body.max_tokens > settings.max_tokens:
+            return refuse(400, f"max_tokens is {body.max_tokens}; this server allows at most {settings.max_tokens}")
         prompt = tokenizer.encode(body.prompt, add_special_tokens=False).ids
+        if len(prompt) > max_prompt:
+            return refuse(400, f"the prompt has {len(prompt)} tokens; this server allows at most {max_prompt}")
         stops = [body.stop] if isinstance(body.stop, str) else [s for s in body.stop or [] if s]
-        request = EngineRequest(prompt, body.max_tokens, body.temperature, body.top_k, body.top_p, body.seed, eot)
+        engine_request = EngineRequest(prompt, body.max_tokens, body.temperature, body.top_k, body.top_p, body.seed,
+                                       eot)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         try:
-            ticket = scheduler.submit(request, lambda t: loop.call_soon_threadsafe(events.put_nowait, ("token", t)),
+            ticket = scheduler.submit(engine_request,
+                                      lambda t: loop.call_soon_threadsafe(events.put_nowait, ("token", t)),
                                       lambda r: loop.call_soon_threadsafe(events.put_nowait, ("finish", r)))
         except ValueError as e:
-            return error_response(400, str(e))
+            return refuse(400, str(e))
         except Busy as e:
-            return error_response(e.status, str(e), "server_busy")
-        completion = _Completion(tokenizer, prompt, stops, lambda: scheduler.cancel(ticket))
+            return refuse(e.status, str(e), "server_busy")
+        metrics.prompt_tokens.inc(len(prompt))
+        completion = _Completion(tokenizer, prompt, stops, lambda: scheduler.cancel(ticket), arrived,
+                                 arrived + settings.request_timeout)
         meta = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": model_name}
         if body.stream:
-            return StreamingResponse(_sse(completion, events, meta), media_type="text/event-stream")
+            metrics.requests.labels("200").inc()
+            return StreamingResponse(_sse(completion, events, meta, metrics), media_type="text/event-stream")
         try:
             async for _ in completion.run(events):
                 pass
         except asyncio.CancelledError:
             scheduler.cancel(ticket)
             raise
+        completion.record(metrics)
         if isinstance(completion.outcome, Exception):
             status = completion.outcome.status if isinstance(completion.outcome, Busy) else 500
-            return error_response(status, str(completion.outcome), "server_busy" if status != 500 else "server_error")
+            return refuse(status, str(completion.outcome), "server_busy" if status != 500 else "server_error")
+        if completion.timed_out:
+            return refuse(504, f"the request took longer than {settings.request_timeout:g} s", "timeout")
+        metrics.requests.labels("200").inc()
         return JSONResponse({**meta, "choices": [{"text": completion.text, "index": 0, "logprobs": None,
                                                   "finish_reason": completion.finish_reason}],
                              "usage": completion.usage})
@@ -102,16 +171,63 @@ def create_app(scheduler: Scheduler, tokenizer: Tokenizer, model_name: str) -> F
     return app
 
 
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes gets 413 before it is parsed, whether its length was
+    declared or it arrives in chunks (it is read here, at most `limit` bytes of it, and handed on whole)."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_large = error_response(413, f"the request body is over {self.limit} bytes")
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await too_large(scope, receive, send)
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                return await too_large(scope, receive, send)
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
 class _Completion:
     """Turns the token events of one request into text: decodes incrementally (a character may span several byte
     tokens), stops at the first stop sequence (cancelling the rest of the generation) and counts usage."""
 
-    def __init__(self, tokenizer: Tokenizer, prompt: list[int], stops: list[str], cancel: Any) -> None:
+    def __init__(self, tokenizer: Tokenizer, prompt: list[int], stops: list[str], cancel: Any, arrived: float,
+                 deadline: float) -> None:
         self.tokenizer, self.prompt, self.stops, self.cancel = tokenizer, prompt, stops, cancel
+        self.arrived, self.deadline = arrived, deadline
         self.tokens: list[int] = []
         self.text = ""
         self.finish_reason: str | None = None
         self.outcome: object = None
+        self.first_token_at: float | None = None
+        self.timed_out = False
+
+    def record(self, metrics: ServerMetrics) -> None:
+        elapsed = time.monotonic() - self.arrived
+        metrics.latency.observe(elapsed)
+        metrics.generated_tokens.inc(len(self.tokens))
+        if self.first_token_at is not None:
+            metrics.first_token.observe(self.first_token_at - self.arrived)
+            metrics.tokens_per_second.observe(len(self.tokens) / max(elapsed, 1e-9))
 
     @property
     def usage(self) -> dict[str, int]:
@@ -121,7 +237,12 @@ class _Completion:
     async def run(self, events: asyncio.Queue) -> AsyncIterator[str]:
         """Yield each new piece of text as it becomes final."""
         while True:
-            kind, value = await events.get()
+            try:
+                kind, value = await asyncio.wait_for(events.get(), max(self.deadline - time.monotonic(), 0.001))
+            except asyncio.TimeoutError:
+                self.timed_out, self.finish_reason = True, "length"
+                self.cancel()
+                return
             if kind == "finish":
                 self.outcome = value
                 if self.finish_reason is None:
@@ -133,6 +254,8 @@ class _Completion:
                 return
             if self.finish_reason is not None:
                 continue  # tokens that raced the cancellation
+            if self.first_token_at is None:
+                self.first_token_at = time.monotonic()
             self.tokens.append(value)
             text = self.tokenizer.decode(self.tokens)
             hit = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
@@ -150,7 +273,8 @@ class _Completion:
                 yield piece
 
 
-async def _sse(completion: _Completion, events: asyncio.Queue, meta: dict[str, Any]) -> AsyncIterator[str]:
+async def _sse(completion: _Completion, events: asyncio.Queue, meta: dict[str, Any],
+               metrics: ServerMetrics) -> AsyncIterator[str]:
     def chunk(text: str, finish: str | None) -> str:
         payload = {**meta, "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]}
         return f"data: {json.dumps(payload)}\n\n"
@@ -161,7 +285,10 @@ async def _sse(completion: _Completion, events: asyncio.Queue, meta: dict[str, A
     except asyncio.CancelledError:  # the client went away: stop generating for it
         completion.cancel()
         raise
-    if isinstance(completion.outcome, Exception):
+    completion.record(metrics)
+    if completion.timed_out:
+        yield f"data: {json.dumps({'error': {'message': 'the request timed out', 'type': 'timeout'}})}\n\n"
+    elif isinstance(completion.outcome, Exception):
         yield f"data: {json.dumps({'error': {'message': str(completion.outcome), 'type': 'server_error'}})}\n\n"
     else:
         yield chunk("", completion.finish_reason)
