@@ -97,11 +97,11 @@ def worse_bundle(trained_run, tmp_path_factory):
 
 
 def test_compare_cli_verdicts(trained_run, worse_bundle, tmp_path):
-    email = str(STDLIB / "email")  # 29 documents, the package and its mime/ folder
-    result = shoal("compare", str(worse_bundle), str(trained_run), "--data", email, "--out", str(tmp_path / "worse"))
+    data = ["--data", str(STDLIB / "email" / "mime"), "--data", str(STDLIB / "json")]  # 13 small documents
+    result = shoal("compare", str(worse_bundle), str(trained_run), *data, "--out", str(tmp_path / "worse"))
     assert result.returncode == 1, result.stderr + result.stdout
     report = json.loads((tmp_path / "worse" / "compare.json").read_text())
-    assert report["verdict"] == "regression" and report["documents"] == 29
+    assert report["verdict"] == "regression" and report["documents"] == 13
     bpb = report["metrics"]["bits_per_byte"]
     assert bpb["harm_ci"][0] > bpb["margin"] and bpb["candidate"] > bpb["baseline"]
     top1 = report["metrics"]["top1_accuracy"]
@@ -109,9 +109,9 @@ def test_compare_cli_verdicts(trained_run, worse_bundle, tmp_path):
     assert "REGRESSION" in (tmp_path / "worse" / "compare.md").read_text()
     assert (tmp_path / "worse" / "compare.png").stat().st_size > 5_000
 
-    result = shoal("compare", str(trained_run), str(trained_run), "--data", email, "--out", str(tmp_path / "self"))
+    result = shoal("compare", str(trained_run), str(trained_run), *data, "--out", str(tmp_path / "self"))
     assert result.returncode == 0, result.stderr + result.stdout
-    assert "PASS on 29 documents" in result.stdout
+    assert "PASS on 13 documents" in result.stdout
 
     # The run's own validation split holds only a few documents: too few to judge either way.
     result = shoal("compare", str(worse_bundle), str(trained_run), "--out", str(tmp_path / "small"))
