@@ -25,10 +25,12 @@ test: setup
 	$(PY) -m pytest tests; status=$$?; [ $$status -eq 0 ] || [ $$status -eq 5 ]
 
 bench: setup
+	$(PY) -m pip install --quiet -e ".[dev,bench]"
 	$(PY) bench/train_throughput.py
 	$(PY) bench/scaling.py
 	$(PY) bench/moe.py
 	$(PY) bench/eval.py
+	$(PY) bench/serve.py
 
 lint: setup
 	$(VENV)/bin/ruff check src tests bench

@@ -4,9 +4,9 @@ weights, same dtype, in the same run. Prints JSON.
 
 - single stream: greedy decoding of --new-tokens tokens after a 32-token prompt, batch 1 (shoal's engine directly,
   HF `generate(do_sample=False)`), tokens/s;
-- aggregate: C concurrent clients (1, 8, 32) each asking for --new-tokens tokens from shoal's real server over HTTP
-  (continuous batching, --max-batch rows), against HF `generate()` on one left-padded batch of C prompts; total
-  new tokens / wall time.
+- aggregate: C concurrent clients (1, 8, 32) each asking for --new-tokens tokens from `shoal serve` (its own
+  process, continuous batching, --max-batch rows) over HTTP, against HF `generate()` on one left-padded batch of C
+  prompts in this process; total new tokens / wall time.
 
     python bench/serve.py [--new-tokens 64] [--clients 1 8 32] [--max-batch 32] [--dtype fp32|bf16]
 """
@@ -17,20 +17,23 @@ import argparse
 import asyncio
 import json
 import platform
+import shutil
+import socket
 import statistics
-import threading
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import httpx
 import torch
-import uvicorn
 
+from shoal.bundle import save_bundle
 from shoal.config import load_config
 from shoal.data.tokenizer import train_tokenizer
 from shoal.models.transformer import Transformer, resolve_model_config
 from shoal.serve.engine import Engine, Request
-from shoal.serve.scheduler import Scheduler
-from shoal.serve.server import create_app
 
 
 def hf_twin(model: Transformer, dtype: torch.dtype):
@@ -81,6 +84,12 @@ def serve_clients(url: str, prompts: list[str], new: int) -> float:
     return tokens / (time.perf_counter() - start)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--new-tokens", type=int, default=64)
@@ -105,14 +114,20 @@ def main() -> None:
         single["hf_generate"].append(hf_generate(twin, [prompt], args.new_tokens))
     single_rate = {k: round(statistics.median(v), 1) for k, v in single.items()}
 
-    scheduler = Scheduler(Engine(model, max_batch=args.max_batch), max_queue=1024)
-    server = uvicorn.Server(uvicorn.Config(create_app(scheduler, tokenizer, "bench"), host="127.0.0.1", port=0,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    # The server runs as users run it: `shoal serve` in its own process, on a bundle of the same weights.
+    folder = Path(tempfile.mkdtemp(prefix="shoal-bench-serve-"))
+    save_bundle(model.float(), tokenizer, folder / "bundle", {"source": "bench/serve.py, random weights"})
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "shoal.cli", "serve", str(folder / "bundle"), "--port", str(port),
+                               "--max-batch", str(args.max_batch), "--max-queue", "1024", "--dtype", args.dtype],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    while True:
+        try:
+            httpx.get(f"{url}/healthz", timeout=1).raise_for_status()
+            break
+        except httpx.TransportError:
+            time.sleep(0.2)
     words = "def class return import for while print value".split()
     aggregate = {}
     for clients in args.clients:
@@ -123,9 +138,9 @@ def main() -> None:
         hf_rate = statistics.median(hf_generate(twin, prompts_ids, args.new_tokens) for _ in range(args.rounds))
         aggregate[str(clients)] = {"shoal_server": round(shoal_rate, 1), "hf_generate": round(hf_rate, 1),
                                    "ratio": round(shoal_rate / hf_rate, 2)}
-    server.should_exit = True
-    thread.join(10)
-    scheduler.close()
+    server.terminate()
+    server.wait(30)
+    shutil.rmtree(folder)
     print(json.dumps({
         "benchmark": "serve", "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
         "model": f"tiny preset shape ({model.num_params() / 1e6:.2f}M parameters), random weights",

@@ -60,13 +60,18 @@ class KVCache:
     def reset(self) -> None:
         self.pos = 0
 
-    def slot(self, index: int) -> KVCache:
-        """A batch-of-one cache sharing row `index`'s storage, at position 0: prefill one sequence into its slot."""
+    def view(self, rows: slice, length: int | None = None) -> KVCache:
+        """A cache sharing the storage of `rows` and their first `length` positions, at position 0: prefill one
+        sequence into its row, or decode only the rows (and the positions) in use."""
         view = KVCache.__new__(KVCache)
-        view.k = [k[index:index + 1] for k in self.k]
-        view.v = [v[index:index + 1] for v in self.v]
+        view.k = [k[rows, :, :length] for k in self.k]
+        view.v = [v[rows, :, :length] for v in self.v]
         view.pos = 0
         return view
+
+    def slot(self, index: int) -> KVCache:
+        """A batch-of-one view of row `index`."""
+        return self.view(slice(index, index + 1))
 
 
 def rope_tables(head_dim: int, max_seq_len: int, theta: float, device: torch.device | str | None = None

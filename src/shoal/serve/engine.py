@@ -103,10 +103,10 @@ class Engine:
         """One token for every running sequence: (sequence, token) pairs, token None when a stop token ended it.
         Finished sequences leave their rows; the rows still running advance by one decode pass."""
         events: list[tuple[Sequence, int | None]] = []
-        for sequence in self.running:
+        running = self.running
+        tokens = self._sample(running)
+        for sequence, token in zip(running, tokens):
             r = sequence.request
-            token = int(sample_next(self.logits[sequence.slot:sequence.slot + 1], r.temperature, r.top_k, r.top_p,
-                                    sequence.generator).item())
             if token == r.stop_token:
                 sequence.finish_reason = "stop"
                 events.append((sequence, None))
@@ -125,12 +125,31 @@ class Engine:
             self._decode()
         return events
 
+    def _sample(self, running: list[Sequence]) -> list[int]:
+        """Greedy rows in one argmax; sampled rows one by one, each with its own settings and generator."""
+        tokens: dict[int, int] = {}
+        greedy = [s.slot for s in running if s.request.temperature == 0]
+        if greedy:
+            picked = self.logits[greedy].argmax(dim=-1).tolist()
+            tokens.update(zip(greedy, picked))
+        for s in running:
+            if s.slot not in tokens:
+                r = s.request
+                tokens[s.slot] = int(sample_next(self.logits[s.slot:s.slot + 1], r.temperature, r.top_k, r.top_p,
+                                                 s.generator).item())
+        return [tokens[s.slot] for s in running]
+
     def _decode(self) -> None:
-        active = torch.tensor([s is not None for s in self.slots], device=self.device)
-        tokens = torch.where(active, self.last_tokens, 0)
-        logits = self.model.decode(tokens, self.cache, self.positions).float()
-        self.logits = torch.where(active[:, None], logits, self.logits)
-        self.positions += active.long()
+        # Only the rows up to the last one in use, and only the positions some row has reached: views, no copies.
+        # New requests take the lowest free row, so the rows in use stay packed at the front.
+        rows = max(i for i, s in enumerate(self.slots) if s is not None) + 1
+        positions = self.positions[:rows]
+        length = int(positions.max()) + 1
+        active = torch.tensor([s is not None for s in self.slots[:rows]], device=self.device)
+        tokens = torch.where(active, self.last_tokens[:rows], 0)
+        logits = self.model.decode(tokens, self.cache.view(slice(0, rows), length), positions).float()
+        self.logits[:rows] = torch.where(active[:, None], logits, self.logits[:rows])
+        self.positions[:rows] += active.long()
 
 
 def generate_batch(model: Transformer, requests: list[Request], max_batch: int = 8) -> list[Sequence]:
