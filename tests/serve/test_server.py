@@ -19,6 +19,8 @@ import httpx
 import pytest
 import torch
 import uvicorn
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from shoal.config import ModelConfig
 from shoal.data.tokenizer import eot_id, train_tokenizer
@@ -204,10 +206,10 @@ ALICE, BOB = "a" * 20 + "alice-key", "b" * 20 + "bob-key"
 def test_keys_rate_limits_caps_and_metrics(model, tokenizer, tmp_path):
     key_file = tmp_path / "keys"
     key_file.write_text(f"# team keys\nalice:{ALICE}\n\nbob:{BOB}\n")
-    settings = ServerSettings(api_keys=load_api_keys(key_file), rate_limit=3, max_tokens=8, max_body_bytes=4096)
+    secure = ServerSettings(api_keys=load_api_keys(key_file), rate_limit=3, max_tokens=8, max_body_bytes=4096)
     scheduler = Scheduler(Engine(model, max_batch=2))
     ok = {"prompt": "def", "max_tokens": 4, "temperature": 0}
-    with running(create_app(scheduler, tokenizer, "secure", settings)) as url:
+    with running(create_app(scheduler, tokenizer, "secure", secure)) as url:
         post = functools.partial(httpx.post, f"{url}/v1/completions", timeout=30)
         anonymous = post(json=ok)
         assert anonymous.status_code == 401 and anonymous.headers["www-authenticate"] == "Bearer"
@@ -244,3 +246,25 @@ def test_request_timeout_and_key_files(model, tokenizer, tmp_path):
             load_api_keys(tmp_path / "keys")
     with pytest.raises(ShoalError, match="cannot read"):
         load_api_keys(tmp_path / "missing")
+
+
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=True)
+                           | st.text(max_size=40), lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=6)
+FIELDS = ["prompt", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream", "model", "n", "user"]
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.one_of(JSON_VALUES, st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=6), JSON_VALUES,
+                                                   max_size=6)),
+       raw=st.binary(max_size=40))
+def test_fuzzed_bodies_never_get_a_500(server, body, raw):
+    """Any JSON (any types in the schema's fields, unknown fields, any nesting) and any bytes: 4xx or 200."""
+    if isinstance(body, dict) and body.get("max_tokens") and isinstance(body["max_tokens"], int):
+        body["max_tokens"] = min(body["max_tokens"], 4)  # keep the valid ones quick
+    for content in (json.dumps(body, allow_nan=True).encode(), raw):
+        reply = httpx.post(f"{server}/v1/completions", content=content, headers={"content-type": "application/json"},
+                           timeout=30)
+        assert reply.status_code < 500, (content, reply.text)
+        if reply.status_code != 200 or not (isinstance(body, dict) and body.get("stream") is True):
+            assert "error" in reply.json() or "choices" in reply.json()

@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from tokenizers import Tokenizer
 
 from shoal.data.tokenizer import eot_id
@@ -82,9 +83,15 @@ def create_app(scheduler: Scheduler, tokenizer: Tokenizer, model_name: str,
         return error_response(422, f"{where}: {first.get('msg', 'invalid request')}" if where else
                               first.get("msg", "invalid request"))
 
-    def refuse(status: int, message: str, kind: str = "invalid_request_error", **headers: str) -> JSONResponse:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Unparseable bodies (bad UTF-8), unknown routes, wrong methods: the same JSON shape as every other error.
+        return refuse(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
+
+    def refuse(status: int, message: str, kind: str = "invalid_request_error", headers: dict[str, str] | None = None,
+               **more_headers: str) -> JSONResponse:
         metrics.requests.labels(str(status)).inc()
-        return error_response(status, message, kind, headers or None)
+        return error_response(status, message, kind, {**(headers or {}), **more_headers} or None)
 
     def gatekeeper(request: Request) -> JSONResponse | None:
         """401 without a valid key (when keys are set), 429 over the rate limit; None lets the request in."""
