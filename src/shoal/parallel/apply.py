@@ -108,8 +108,10 @@ def apply_tensor_parallel(model: Transformer, tp_mesh: DeviceMesh) -> None:
     block_plan = {
         "attention_norm": SequenceParallel(),
         # Attention's inputs are (x, cos, sin, cache, mask): only x is distributed.
-        "attention": PrepareModuleInput(input_layouts=(Shard(1), None, None, None, None),
-                                        desired_input_layouts=(Replicate(), None, None, None, None), use_local_output=True),
+        # Attention's inputs: x, cos, sin, cache, mask, positions; only x is a sequence-sharded activation.
+        "attention": PrepareModuleInput(input_layouts=(Shard(1), None, None, None, None, None),
+                                        desired_input_layouts=(Replicate(), None, None, None, None, None),
+                                        use_local_output=True),
         "attention.wq": ColwiseParallel(),
         "attention.wk": ColwiseParallel(),
         "attention.wv": ColwiseParallel(),
