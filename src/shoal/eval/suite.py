@@ -24,13 +24,10 @@ def run_suite(loaded: LoadedModel, documents: list[tuple[str, str]], suite: str 
               progress: bool = False) -> dict[str, Any]:
     """Quality is always scored in the model's own precision (fp32 for loaded models); speed is measured in `dtype`
     (auto: bf16 where the hardware runs it faster, as a server would)."""
-    price_table = check_options(suite, hardware, prices, tries, dtype)
-    parts = SUITES[suite]
     model, tokenizer = loaded.model, loaded.tokenizer
     device = model.tok_embeddings.weight.device
-    if price_table:
-        hardware = hardware or default_hardware(str(device))
-        check_options(suite, hardware, prices, tries, dtype)  # the guessed row must be in the table too
+    price_table, hardware = check_options(suite, hardware, prices, tries, dtype, str(device))
+    parts = SUITES[suite]
     with PhaseProgress(progress) as bar:
 
         def score(docs: list[tuple[str, str]], phase: str) -> Scores:
@@ -52,9 +49,10 @@ def run_suite(loaded: LoadedModel, documents: list[tuple[str, str]], suite: str 
     return summary
 
 
-def check_options(suite: str, hardware: str | None, prices: str | Path | None, tries: int,
-                  dtype: str) -> dict[str, Any] | None:
-    """Refuse bad options before any work; returns the price table when the suite measures speed."""
+def check_options(suite: str, hardware: str | None, prices: str | Path | None, tries: int, dtype: str,
+                  device: str = "cpu") -> tuple[dict[str, Any] | None, str | None]:
+    """Refuse bad options before any work. Returns the price table when the suite measures speed, and the table's
+    row for the measuring machine (`hardware`, or the row that matches `device`)."""
     if suite not in SUITES:
         raise ShoalError(f"unknown suite {suite!r}; choose from {', '.join(SUITES)}")
     if dtype not in ("auto", "fp32", "bf16"):
@@ -62,12 +60,14 @@ def check_options(suite: str, hardware: str | None, prices: str | Path | None, t
     if tries < 1:
         raise ShoalError(f"--adversarial-tries must be at least 1, got {tries}")
     if "efficiency" not in SUITES[suite] and prices is None:
-        return None
+        return None, hardware
     price_table = load_prices(prices)
-    if hardware and hardware not in price_table["hardware"]:
-        raise ShoalError(f"--hardware {hardware!r} is not in the price table {price_table['path']}; "
-                         f"choose from {', '.join(price_table['hardware'])}")
-    return price_table if "efficiency" in SUITES[suite] else None
+    row = hardware or default_hardware(device)
+    if row not in price_table["hardware"]:
+        rows, path = ", ".join(price_table["hardware"]), price_table["path"]
+        raise ShoalError(f"--hardware {row!r} is not in the price table {path}; choose from {rows}" if hardware else
+                         f"the price table {path} has no row {row!r} for this {device}; name one of {rows} with --hardware")
+    return (price_table if "efficiency" in SUITES[suite] else None), row
 
 
 def size_on_disk(loaded: LoadedModel) -> int:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from shoal.models.transformer import Transformer
-from shoal.serve.generate import sample_next
+from shoal.serve.generate import check_request, sample_next
 
 
 @dataclass
@@ -62,17 +62,9 @@ class Engine:
 
     def check(self, request: Request) -> None:
         """Raise ValueError for a request this engine can never run."""
-        cfg = self.model.config
-        if not request.prompt:
-            raise ValueError("the prompt is empty: generation needs at least one token")
-        if len(request.prompt) > self.max_len:
-            raise ValueError(f"the prompt has {len(request.prompt)} tokens, more than the context of {self.max_len}")
-        if min(request.prompt) < 0 or max(request.prompt) >= cfg.vocab_size:
-            raise ValueError(f"prompt token ids must be in [0, {cfg.vocab_size})")
+        check_request(self.model, request.prompt, self.max_len, request.temperature, request.top_k, request.top_p)
         if request.max_tokens < 1:
             raise ValueError(f"max_tokens must be at least 1, got {request.max_tokens}")
-        if request.temperature < 0 or request.top_k < 0 or not 0.0 <= request.top_p <= 1.0:
-            raise ValueError("need temperature >= 0, top_k >= 0 and top_p in [0, 1]")
 
     @torch.inference_mode()
     def add(self, request: Request) -> Sequence:
@@ -114,7 +106,8 @@ class Engine:
                 sequence.tokens.append(token)
                 events.append((sequence, token))
                 # Every token is predicted from at most max_len positions: the last one is never fed back.
-                if len(sequence.tokens) >= r.max_tokens or int(self.positions[sequence.slot]) >= self.max_len:
+                # The cache holds the prompt and every token but this one.
+                if len(sequence.tokens) >= r.max_tokens or len(r.prompt) + len(sequence.tokens) > self.max_len:
                     sequence.finish_reason = "length"
             if sequence.done:
                 self.slots[sequence.slot] = None

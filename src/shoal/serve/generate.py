@@ -37,6 +37,21 @@ def sample_next(logits: Tensor, temperature: float, top_k: int, top_p: float,
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
 
+def check_request(model: Transformer, prompt: list[int], context: int, temperature: float, top_k: int,
+                  top_p: float) -> None:
+    """ValueError for a prompt or sampling settings that `model` cannot run within `context` positions."""
+    cfg = model.config
+    if not prompt:
+        raise ValueError("the prompt is empty: generation needs at least one token")
+    if len(prompt) > context:
+        raise ValueError(f"the prompt has {len(prompt)} tokens, more than the context of {context} "
+                         f"(the model's max_seq_len is {cfg.max_seq_len})")
+    if min(prompt) < 0 or max(prompt) >= cfg.vocab_size:
+        raise ValueError(f"prompt token ids must be in [0, {cfg.vocab_size})")
+    if temperature < 0 or top_k < 0 or not 0.0 <= top_p <= 1.0:
+        raise ValueError(f"need temperature >= 0, top_k >= 0 and top_p in [0, 1], got {temperature}, {top_k}, {top_p}")
+
+
 def generate(model: Transformer, prompt: list[int], max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0, seed: int | None = None, use_cache: bool = True,
              stop_token: int | None = None) -> Iterator[int]:
@@ -53,16 +68,9 @@ def generate(model: Transformer, prompt: list[int], max_new_tokens: int, tempera
     token ids outside the vocabulary or bad sampling settings.
     """
     cfg = model.config
-    if not prompt:
-        raise ValueError("the prompt is empty: generation needs at least one token")
-    if len(prompt) > cfg.max_seq_len:
-        raise ValueError(f"the prompt has {len(prompt)} tokens, more than max_seq_len={cfg.max_seq_len}")
-    if min(prompt) < 0 or max(prompt) >= cfg.vocab_size:
-        raise ValueError(f"prompt token ids must be in [0, {cfg.vocab_size})")
+    check_request(model, prompt, cfg.max_seq_len, temperature, top_k, top_p)
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if temperature < 0 or top_k < 0 or not 0.0 <= top_p <= 1.0:
-        raise ValueError(f"need temperature >= 0, top_k >= 0 and top_p in [0, 1], got {temperature}, {top_k}, {top_p}")
     return _generate(model, prompt, min(max_new_tokens, cfg.max_seq_len - len(prompt) + 1), temperature, top_k,
                      top_p, seed, use_cache, stop_token)
 
