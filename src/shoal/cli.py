@@ -266,6 +266,11 @@ def serve(model: Annotated[Path, typer.Argument(help="Run folder or exported bun
           max_body_bytes: Annotated[int, typer.Option(help="Largest request body; more gets 413.")] = 1 << 20,
           dtype: Annotated[str, typer.Option(help="auto (bf16 where faster), fp32 or bf16.")] = "auto",
           insecure: Annotated[bool, typer.Option(help="Allow a non-loopback address without API keys.")] = False,
+          drift: Annotated[bool, typer.Option(help="Compare the prompts with the training data (GET /v1/drift).")] = True,
+          drift_reference: Annotated[list[str] | None, typer.Option(
+              help="Reference documents for drift (repeatable; default: the run's own training data).")] = None,
+          drift_window: Annotated[int, typer.Option(help="Prompts per judged drift window.")] = 100,
+          drift_z: Annotated[float, typer.Option(help="Alarm when a drift check is this many null sds out.")] = 4.0,
           ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API: POST /v1/completions, GET /v1/models, /healthz, /metrics."""
     import ipaddress
@@ -282,9 +287,11 @@ def serve(model: Annotated[Path, typer.Argument(help="Run folder or exported bun
             raise ShoalError(f"refusing to serve on {host} without API keys; pass --api-key-file FILE (or --insecure "
                              "behind a proxy that authenticates)")
     if (max_batch < 1 or max_queue < 0 or queue_timeout <= 0 or request_timeout <= 0 or max_tokens < 1
-            or max_prompt_tokens < 0 or max_body_bytes < 1 or rate_limit < 0 or not 0 < port < 65536):
-        raise ShoalError("need --max-batch, --max-tokens and --max-body-bytes >= 1, positive timeouts, non-negative "
-                         "--max-queue, --max-prompt-tokens and --rate-limit, and a port in 1..65535")
+            or max_prompt_tokens < 0 or max_body_bytes < 1 or rate_limit < 0 or not 0 < port < 65536
+            or drift_window < 5 or drift_z <= 0):
+        raise ShoalError("need --max-batch, --max-tokens and --max-body-bytes >= 1, positive timeouts and --drift-z, "
+                         "non-negative --max-queue, --max-prompt-tokens and --rate-limit, --drift-window >= 5, and a "
+                         "port in 1..65535")
     if dtype not in ("auto", "fp32", "bf16"):
         raise ShoalError(f"--dtype must be auto, fp32 or bf16, got {dtype!r}")
     import uvicorn
@@ -298,15 +305,51 @@ def serve(model: Annotated[Path, typer.Argument(help="Run folder or exported bun
     loaded = load_model(model)
     weights = loaded.model.tok_embeddings.weight
     network = loaded.model.to(pick_dtype(dtype, weights.device))
-    scheduler = Scheduler(Engine(network, max_batch), max_queue, queue_timeout)
+    engine = Engine(network, max_batch, score_prompts=drift)
+    monitor = _drift_monitor(loaded, network, drift_reference or [], max_prompt_tokens or engine.max_len,
+                             drift_window, drift_z) if drift else None
+    scheduler = Scheduler(engine, max_queue, queue_timeout,
+                          on_admit=(lambda s: monitor.observe(s.request.prompt, s.prompt_nats)) if monitor else None)
     settings = ServerSettings(keys, rate_limit or None, max_body_bytes, max_prompt_tokens or None, max_tokens,
                               request_timeout)
     try:
         # uvicorn finishes the requests in flight on Ctrl-C / SIGTERM before it returns.
-        uvicorn.run(create_app(scheduler, loaded.tokenizer, model.resolve().name, settings), host=host, port=port,
-                    log_level="info")
+        uvicorn.run(create_app(scheduler, loaded.tokenizer, model.resolve().name, settings, monitor), host=host,
+                    port=port, log_level="info")
     finally:
         scheduler.close()
+
+
+def _drift_monitor(loaded, model, reference: list[str], max_prompt: int, window: int, z: float):
+    """The drift monitor, or None (with a warning) when a run's data is gone and no reference was named."""
+    from shoal.errors import DataError
+    from shoal.serve.drift import DriftMonitor
+    from shoal.serve.drift_profile import server_profile
+
+    try:
+        profile = server_profile(loaded, model, reference, max_prompt)
+    except DataError as e:
+        if reference:
+            raise
+        typer.secho(f"warning: drift monitoring is off: {e}", err=True, fg="yellow")
+        return None
+    return DriftMonitor(profile, window, z)
+
+
+@app.command()
+def monitor(url: Annotated[str, typer.Argument(help="The server, e.g. http://127.0.0.1:8000")],
+            api_key: Annotated[str | None, typer.Option(envvar="SHOAL_API_KEY", show_envvar=True,
+                                                        help="Key for a server with keys (better in the variable).")] = None,
+            out: Annotated[Path, typer.Option(help="Folder for drift.json and drift.png.")] = Path("monitor"),
+            fail_on_drift: Annotated[bool, typer.Option(help="Exit 1 when the latest window drifted.")] = False) -> None:
+    """Print a server's drift report (its traffic against the training data) and plot it over time."""
+    from shoal.serve.monitor import fetch_drift, render_drift, write_monitor
+
+    report = fetch_drift(url, api_key)
+    write_monitor(report, out)
+    typer.echo(render_drift(report) + f"\nreport in {out}/drift.json, plot in {out}/drift.png")
+    if fail_on_drift and report["alarm"]:
+        raise typer.Exit(1)
 
 
 @app.command("export")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from shoal.data.governance.card import CARD_FILE
 from shoal.data.shards import TokenWindows, check_shards, open_shards
@@ -38,6 +41,16 @@ class PreparedData:
             raise DataError(f"prepared dataset {self.folder} has no '{split}' split (splits: {', '.join(SPLITS)})")
         shards = open_shards(self.folder, self.manifest["shards"][split], self.manifest["dtype"])
         return TokenWindows(shards, seq_len, split=split)
+
+    def documents(self, split: str) -> Iterator[np.ndarray]:
+        """The token ids of each document of `split`, in order: the shards cut at end-of-text tokens."""
+        eot = int(self.manifest["eot_id"])
+        for shard in self.manifest["shards"][split]:
+            ids = np.fromfile(self.folder / shard["file"], dtype=self.manifest["dtype"])
+            for part in np.split(ids, np.flatnonzero(ids == eot) + 1):
+                part = part[part != eot]
+                if len(part):
+                    yield part
 
 
 def _invalid(folder: Path, problem: str) -> DataError:

@@ -4,16 +4,14 @@ a run was trained on (the same held-out documents its validation loss used, now 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
-import numpy as np
 from tokenizers import Tokenizer
 
 from shoal.bundle import LoadedModel
 from shoal.config import config_from_dict
 from shoal.data.prepare import prepare_dataset
+from shoal.data.prepared import PreparedData
 from shoal.data.sources import iter_documents, resolve_sources
-from shoal.data.tokenizer import eot_id
 from shoal.errors import ShoalError
 
 
@@ -27,18 +25,11 @@ def evaluation_documents(model: LoadedModel, data: list[str]) -> tuple[str, Iter
                          "with --data (a folder, a file or \"stdlib\")")
     cfg = config_from_dict(model.info["config"])
     prepared = prepare_dataset(cfg.data, progress=False)  # cached: finds the run's prepared folder
-    return f"validation split of dataset {prepared.fingerprint[:16]}", _split_documents(prepared.folder,
-                                                                                       prepared.manifest, model.tokenizer)
+    return f"validation split of dataset {prepared.fingerprint[:16]}", _split_documents(prepared,
+                                                                                       model.tokenizer)
 
 
-def _split_documents(folder: Path, manifest: dict, tokenizer: Tokenizer) -> Iterator[tuple[str, str]]:
-    """The validation shards cut at end-of-text tokens back into documents (byte-level BPE decodes exactly)."""
-    eot = eot_id(tokenizer)
-    index = 0
-    for shard in manifest["shards"]["val"]:
-        ids = np.fromfile(folder / shard["file"], dtype=manifest["dtype"])
-        for part in np.split(ids, np.flatnonzero(ids == eot) + 1):
-            part = part[part != eot]
-            if len(part):
-                yield f"val/{index}", tokenizer.decode(part.tolist(), skip_special_tokens=False)
-                index += 1
+def _split_documents(prepared: PreparedData, tokenizer: Tokenizer) -> Iterator[tuple[str, str]]:
+    """The validation documents as text (byte-level BPE decodes exactly)."""
+    for index, ids in enumerate(prepared.documents("val")):
+        yield f"val/{index}", tokenizer.decode(ids.tolist(), skip_special_tokens=False)

@@ -35,6 +35,7 @@ class Sequence:
     tokens: list[int] = field(default_factory=list)  # generated so far
     finish_reason: str | None = None  # "stop" (stop token), "length" (max_tokens or the context is full)
     generator: torch.Generator | None = None
+    prompt_nats: float | None = None  # the model's loss on the prompt (its tokens after the first), when scored
 
     @property
     def done(self) -> bool:
@@ -42,8 +43,10 @@ class Sequence:
 
 
 class Engine:
-    def __init__(self, model: Transformer, max_batch: int = 8, max_len: int | None = None) -> None:
+    def __init__(self, model: Transformer, max_batch: int = 8, max_len: int | None = None,
+                 score_prompts: bool = False) -> None:
         self.model = model.eval()
+        self.score_prompts = score_prompts  # for drift monitoring: the prefill's logits give the prompt's loss
         self.max_len = min(max_len or model.config.max_seq_len, model.config.max_seq_len)
         self.cache = model.new_cache(max_batch, self.max_len)
         self.device = model.tok_embeddings.weight.device
@@ -78,7 +81,11 @@ class Engine:
             generator = torch.Generator(device=self.device).manual_seed(request.seed)
         sequence = Sequence(request, slot, generator=generator)
         prompt = torch.tensor([request.prompt], dtype=torch.long, device=self.device)
-        self.logits[slot] = self.model(prompt, self.cache.slot(slot))[0, -1].float()
+        logits = self.model(prompt, self.cache.slot(slot))[0]
+        self.logits[slot] = logits[-1].float()
+        if self.score_prompts:
+            sequence.prompt_nats = float(torch.nn.functional.cross_entropy(logits[:-1].float(), prompt[0, 1:],
+                                                                           reduction="sum")) if len(prompt[0]) > 1 else 0.0
         self.positions[slot] = len(request.prompt)
         self.slots[slot] = sequence
         return sequence

@@ -6,6 +6,7 @@ callback. A request that waits longer than the queue timeout is refused, as is o
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from collections import deque
@@ -37,8 +38,10 @@ class Ticket:
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, max_queue: int = 64, queue_timeout: float = 30.0) -> None:
+    def __init__(self, engine: Engine, max_queue: int = 64, queue_timeout: float = 30.0,
+                 on_admit: Callable[[Sequence], None] | None = None) -> None:
         self.engine = engine
+        self.on_admit = on_admit  # hears each sequence once its prompt is prefilled (drift monitoring)
         self.max_queue, self.queue_timeout = max_queue, queue_timeout
         self._waiting: deque[Ticket] = deque()
         self._running: dict[int, Ticket] = {}  # by slot
@@ -100,6 +103,11 @@ class Scheduler:
                     ticket.on_finish(e)
                     continue
                 self._running[ticket.sequence.slot] = ticket
+                if self.on_admit is not None:
+                    try:
+                        self.on_admit(ticket.sequence)
+                    except Exception:  # noqa: BLE001 -- monitoring must never stop the engine
+                        logging.getLogger(__name__).exception("the admission hook failed")
             self._retire_cancelled()
             if self._running:
                 self._step()

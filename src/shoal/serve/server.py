@@ -1,9 +1,10 @@
 """`shoal serve`: an OpenAI-compatible completions server (FastAPI + uvicorn) over the batching scheduler.
 
-Routes: POST /v1/completions (with `stream: true` as server-sent events), GET /v1/models, GET /healthz,
-GET /metrics (Prometheus). Bad requests are 4xx JSON errors in OpenAI's shape, never a 500: 401 without a valid API
-key (when keys are set), 400 over the caps, 413 for a body over the limit, 422 for malformed fields, 429 over the
-rate limit or with a full queue, 503 after a queue timeout, 504 after the request timeout.
+Routes: POST /v1/completions (with `stream: true` as server-sent events), GET /v1/models, GET /v1/drift (traffic
+against the training data), GET /healthz, GET /metrics (Prometheus). Bad requests are 4xx JSON errors in OpenAI's
+shape, never a 500: 401 without a valid API key (when keys are set), 400 over the caps, 413 for a body over the
+limit, 422 for malformed fields, 429 over the rate limit or with a full queue, 503 after a queue timeout, 504 after
+the request timeout.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tokenizers import Tokenizer
 
 from shoal.data.tokenizer import eot_id
+from shoal.serve.drift import DriftMonitor
 from shoal.serve.engine import Request as EngineRequest
 from shoal.serve.metrics import ServerMetrics
 from shoal.serve.scheduler import Busy, Scheduler
@@ -65,11 +67,15 @@ def error_response(status: int, message: str, kind: str = "invalid_request_error
 
 
 def create_app(scheduler: Scheduler, tokenizer: Tokenizer, model_name: str,
-               settings: ServerSettings | None = None) -> FastAPI:
+               settings: ServerSettings | None = None, drift: DriftMonitor | None = None) -> FastAPI:
+    """The app; with `drift`, GET /v1/drift reports it and /metrics carries its gauges (the scheduler's on_admit
+    must feed it prompts)."""
     settings = settings or ServerSettings()
     app = FastAPI(title="shoal", version="1")
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     metrics = ServerMetrics(scheduler)
+    if drift is not None:
+        drift.register(metrics.registry)
     limiter = RateLimiter(settings.rate_limit) if settings.rate_limit else None
     eot = eot_id(tokenizer)
     created = int(time.time())
@@ -122,6 +128,16 @@ def create_app(scheduler: Scheduler, tokenizer: Tokenizer, model_name: str,
         refused = gatekeeper(request)
         return refused or JSONResponse({"object": "list", "data": [
             {"id": model_name, "object": "model", "created": created, "owned_by": "shoal"}]})
+
+    @app.get("/v1/drift", response_model=None)
+    async def drift_report(request: Request) -> JSONResponse:
+        refused = gatekeeper(request)
+        if refused:
+            return refused
+        if drift is None:
+            return refuse(404, "drift monitoring is off on this server (start it without --no-drift, with "
+                          "--drift-reference when the run's data is not here)", "not_found_error")
+        return JSONResponse(await asyncio.to_thread(drift.report))
 
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
