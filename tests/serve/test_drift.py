@@ -18,7 +18,7 @@ from shoal.config import ModelConfig
 from shoal.data.tokenizer import train_tokenizer
 from shoal.models.transformer import Transformer, resolve_model_config
 from shoal.serve.drift import DriftMonitor, WindowJudge, js_divergence, ks_distance, length_buckets, psi, psi_bins
-from shoal.serve.drift_profile import build_profile, random_windows, run_reference
+from shoal.serve.drift_profile import build_profile, random_windows, run_reference, server_profile
 from shoal.serve.engine import Engine, Request
 from shoal.serve.scheduler import Scheduler
 from shoal.serve.server import create_app
@@ -142,3 +142,17 @@ def test_a_server_without_drift_and_bad_monitor_targets(tmp_path):
     assert_one_line_error(shoal("monitor", "http://127.0.0.1:9", "--out", str(out)), "cannot read")
     assert_one_line_error(shoal("monitor", "ftp://example", "--out", str(out)), "not an http(s) URL")
     assert not out.exists()
+
+
+def test_a_reference_from_named_documents(reference, tmp_path):
+    loaded, _, _ = reference
+    log = tmp_path / "prompts.jsonl"
+    log.write_text("".join(json.dumps({"text": f"def handler_{i}(event):\n    return event[{i}]\n"}) + "\n"
+                           for i in range(30)))
+    profile = server_profile(loaded, loaded.model, [str(log)], PROMPT, progress=False)
+    assert profile.source == str(log) and profile.pieces.n_documents == 30 and profile.scored.n_documents == 30
+    assert profile.pieces.lengths.max() <= PROMPT and profile.mean_surprisal > 0
+    # Only the logged prompts' tokens have any frequency.
+    logged = {t for line in log.read_text().splitlines()
+              for t in loaded.tokenizer.encode(json.loads(line)["text"], add_special_tokens=False).ids}
+    assert set(np.flatnonzero(profile.frequencies)) == logged
