@@ -84,6 +84,23 @@ def serve_clients(url: str, prompts: list[str], new: int) -> float:
     return tokens / (time.perf_counter() - start)
 
 
+def start_server(bundle: Path, options: list[str]) -> tuple[subprocess.Popen, str]:
+    """`shoal serve BUNDLE` in its own process, as users run it; returns it and its URL once it answers."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "shoal.cli", "serve", str(bundle), "--port", str(port), *options],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            httpx.get(f"{url}/healthz", timeout=1).raise_for_status()
+            return server, url
+        except httpx.TransportError:
+            time.sleep(0.2)
+    server.kill()
+    raise SystemExit("shoal serve did not start")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -117,17 +134,8 @@ def main() -> None:
     # The server runs as users run it: `shoal serve` in its own process, on a bundle of the same weights.
     folder = Path(tempfile.mkdtemp(prefix="shoal-bench-serve-"))
     save_bundle(model.float(), tokenizer, folder / "bundle", {"source": "bench/serve.py, random weights"})
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "shoal.cli", "serve", str(folder / "bundle"), "--port", str(port),
-                               "--max-batch", str(args.max_batch), "--max-queue", "1024", "--dtype", args.dtype],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    while True:
-        try:
-            httpx.get(f"{url}/healthz", timeout=1).raise_for_status()
-            break
-        except httpx.TransportError:
-            time.sleep(0.2)
+    server, url = start_server(folder / "bundle", ["--max-batch", str(args.max_batch), "--max-queue", "1024",
+                                                   "--dtype", args.dtype, "--no-drift"])
     words = "def class return import for while print value".split()
     aggregate = {}
     for clients in args.clients:

@@ -265,6 +265,8 @@ def serve(model: Annotated[Path, typer.Argument(help="Run folder or exported bun
           max_prompt_tokens: Annotated[int, typer.Option(help="Longest prompt in tokens (0: the model's context).")] = 0,
           max_body_bytes: Annotated[int, typer.Option(help="Largest request body; more gets 413.")] = 1 << 20,
           dtype: Annotated[str, typer.Option(help="auto (bf16 where faster), fp32 or bf16.")] = "auto",
+          decode: Annotated[str, typer.Option(help="Decode step: auto (CUDA graphs on a GPU, else eager), eager, "
+                                                   "compile (torch.compile), graphs.")] = "auto",
           insecure: Annotated[bool, typer.Option(help="Allow a non-loopback address without API keys.")] = False,
           drift: Annotated[bool, typer.Option(help="Compare the prompts with the training data (GET /v1/drift).")] = True,
           drift_reference: Annotated[list[str] | None, typer.Option(
@@ -294,6 +296,10 @@ def serve(model: Annotated[Path, typer.Argument(help="Run folder or exported bun
                          "port in 1..65535")
     if dtype not in ("auto", "fp32", "bf16"):
         raise ShoalError(f"--dtype must be auto, fp32 or bf16, got {dtype!r}")
+    from shoal.serve.decoders import DECODERS, pick_decoder
+
+    if decode not in DECODERS:
+        raise ShoalError(f"--decode must be one of {', '.join(DECODERS)}, got {decode!r}")
     import uvicorn
 
     from shoal.bundle import load_model
@@ -305,7 +311,11 @@ def serve(model: Annotated[Path, typer.Argument(help="Run folder or exported bun
     loaded = load_model(model)
     weights = loaded.model.tok_embeddings.weight
     network = loaded.model.to(pick_dtype(dtype, weights.device))
-    engine = Engine(network, max_batch, score_prompts=drift)
+    try:
+        pick_decoder(decode, network)
+    except ValueError as e:
+        raise ShoalError(str(e)) from None
+    engine = Engine(network, max_batch, score_prompts=drift, decoder=decode)
     monitor = _drift_monitor(loaded, network, drift_reference or [], max_prompt_tokens or engine.max_len,
                              drift_window, drift_z) if drift else None
     scheduler = Scheduler(engine, max_queue, queue_timeout,

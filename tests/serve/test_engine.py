@@ -8,6 +8,7 @@ import torch
 
 from shoal.config import ModelConfig
 from shoal.models.transformer import Transformer, resolve_model_config
+from shoal.serve.decoders import GraphDecoder, pick_decoder
 from shoal.serve.engine import Engine, Request, generate_batch
 from shoal.serve.generate import generate
 
@@ -68,3 +69,35 @@ def test_bad_requests_and_a_full_engine(model):
     engine.add(Request([1, 2], 5))
     with pytest.raises(RuntimeError, match="no free slot"):
         engine.add(Request([1, 2], 5))
+
+
+def run_through(engine: Engine, requests: list[Request]) -> list[list[int]]:
+    return [s.tokens for s in engine.run(requests)]
+
+
+def test_bucketed_static_decoding_gives_the_same_tokens(model):
+    # The CUDA-graph decoder's buckets and static buffers, run eagerly: rows pad to 1/2/4 and positions to 8/16/32/48,
+    # so steps cross every bucket as sequences come and go.
+    requests = [Request(p, max_tokens=4 + 5 * (i % 4)) for i, p in enumerate(prompts(11, seed=8))]
+    eager = run_through(Engine(model, max_batch=4, decoder="eager"), requests)
+    engine = Engine(model, max_batch=4, decoder="eager")
+    engine.decoder = GraphDecoder(model, engine.cache, capture=False, min_length=8)
+    assert engine.decoder.row_buckets == [1, 2, 4] and engine.decoder.length_buckets == [8, 16, 32, 48]
+    assert engine.decoder.bucket(3, 17) == (4, 32)
+    assert run_through(engine, requests) == eager
+    assert eager == [list(generate(model, r.prompt, r.max_tokens, temperature=0, use_cache=False)) for r in requests]
+
+
+def test_compiled_decoding_gives_the_same_tokens(model):
+    requests = [Request(p, max_tokens=6) for p in prompts(5, seed=9)]
+    engine = Engine(model, max_batch=2, decoder="compile")
+    assert engine.decoder_kind == "compile"
+    assert run_through(engine, requests) == run_through(Engine(model, max_batch=2, decoder="eager"), requests)
+
+
+def test_decoder_choices(model):
+    assert pick_decoder("auto", model) == "eager"  # on a CPU
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        pick_decoder("graphs", model)
+    with pytest.raises(ValueError, match="must be one of"):
+        pick_decoder("fast", model)

@@ -173,6 +173,7 @@ def test_shoal_serve_command(trained_run):
     assert_one_line_error(shoal("serve", str(trained_run), "--host", "0.0.0.0"), "refusing to serve on 0.0.0.0")
     assert_one_line_error(shoal("serve", str(trained_run), "--api-key-file", str(trained_run / "none")), "cannot read")
     assert_one_line_error(shoal("serve", str(trained_run), "--drift-reference", str(trained_run / "none")), "none")
+    assert_one_line_error(shoal("serve", str(trained_run), "--decode", "graphs"), "needs a CUDA device")
 
 
 def test_the_official_openai_client(server, model, tokenizer):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from shoal.models.transformer import Transformer
+from shoal.serve.decoders import make_decoder, pick_decoder
 from shoal.serve.generate import check_request, sample_next
 
 
@@ -44,16 +45,20 @@ class Sequence:
 
 class Engine:
     def __init__(self, model: Transformer, max_batch: int = 8, max_len: int | None = None,
-                 score_prompts: bool = False) -> None:
+                 score_prompts: bool = False, decoder: str = "auto") -> None:
+        """`decoder`: eager, compile, graphs (CUDA) or auto (see serve/decoders.py)."""
         self.model = model.eval()
         self.score_prompts = score_prompts  # for drift monitoring: the prefill's logits give the prompt's loss
         self.max_len = min(max_len or model.config.max_seq_len, model.config.max_seq_len)
         self.cache = model.new_cache(max_batch, self.max_len)
         self.device = model.tok_embeddings.weight.device
-        self.positions = torch.zeros(max_batch, dtype=torch.long, device=self.device)  # next position per row
-        self.last_tokens = torch.zeros(max_batch, dtype=torch.long, device=self.device)
+        # Per-row state lives on the host: one copy to the device per step rather than one per row.
+        self.positions = [0] * max_batch  # next position per row
+        self.last_tokens = [0] * max_batch
         self.logits = torch.zeros(max_batch, model.config.vocab_size, device=self.device)
         self.slots: list[Sequence | None] = [None] * max_batch
+        self.decoder_kind = pick_decoder(decoder, model)
+        self.decoder = make_decoder(self.decoder_kind, model, self.cache)
 
     @property
     def free_slots(self) -> int:
@@ -93,8 +98,7 @@ class Engine:
     def remove(self, sequence: Sequence) -> None:
         """Take a running sequence out (cancelled); its row is free for the next request."""
         if self.slots[sequence.slot] is sequence:
-            self.slots[sequence.slot] = None
-            self.positions[sequence.slot] = 0
+            self._free(sequence.slot)
             sequence.finish_reason = sequence.finish_reason or "cancelled"
 
     @torch.inference_mode()
@@ -117,8 +121,7 @@ class Engine:
                 if len(sequence.tokens) >= r.max_tokens or len(r.prompt) + len(sequence.tokens) > self.max_len:
                     sequence.finish_reason = "length"
             if sequence.done:
-                self.slots[sequence.slot] = None
-                self.positions[sequence.slot] = 0
+                self._free(sequence.slot)
             else:
                 self.last_tokens[sequence.slot] = token
         if self.running:
@@ -139,29 +142,38 @@ class Engine:
                                                  s.generator).item())
         return [tokens[s.slot] for s in running]
 
+    def run(self, requests: list[Request]) -> list[Sequence]:
+        """Run `requests` to completion (in their order), admitting the next as soon as a row frees up."""
+        for request in requests:
+            self.check(request)
+        waiting = list(requests)
+        finished: list[Sequence] = []
+        while waiting or self.running:
+            while waiting and self.free_slots:
+                self.add(waiting.pop(0))
+            finished += [s for s, _ in self.step() if s.done]
+        order = {id(r): i for i, r in enumerate(requests)}
+        return sorted(finished, key=lambda s: order[id(s.request)])
+
+    def _free(self, slot: int) -> None:
+        self.slots[slot] = None
+        self.positions[slot] = self.last_tokens[slot] = 0  # an idle row decodes token 0 at position 0, unread
+
     def _decode(self) -> None:
-        # Only the rows up to the last one in use, and only the positions some row has reached: views, no copies.
-        # New requests take the lowest free row, so the rows in use stay packed at the front.
+        # Only the rows up to the last one in use, and only the positions some row has reached. New requests take the
+        # lowest free row, so the rows in use stay packed at the front. An idle row's logits are never read: a
+        # prefill sets them before its row runs again.
         rows = max(i for i, s in enumerate(self.slots) if s is not None) + 1
-        positions = self.positions[:rows]
-        length = int(positions.max()) + 1
-        active = torch.tensor([s is not None for s in self.slots[:rows]], device=self.device)
-        tokens = torch.where(active, self.last_tokens[:rows], 0)
-        logits = self.model.decode(tokens, self.cache.view(slice(0, rows), length), positions).float()
-        self.logits[:rows] = torch.where(active[:, None], logits, self.logits[:rows])
-        self.positions[:rows] += active.long()
+        length = max(self.positions[:rows]) + 1
+        tokens = torch.tensor(self.last_tokens[:rows], dtype=torch.long).to(self.device, non_blocking=True)
+        positions = torch.tensor(self.positions[:rows], dtype=torch.long).to(self.device, non_blocking=True)
+        self.logits[:rows] = self.decoder(tokens, positions, length)
+        for i in range(rows):
+            if self.slots[i] is not None:
+                self.positions[i] += 1
 
 
-def generate_batch(model: Transformer, requests: list[Request], max_batch: int = 8) -> list[Sequence]:
+def generate_batch(model: Transformer, requests: list[Request], max_batch: int = 8,
+                   decoder: str = "auto") -> list[Sequence]:
     """Run `requests` to completion through one engine, admitting the next as soon as a row frees up."""
-    engine = Engine(model, max_batch)
-    waiting = list(requests)
-    finished: list[Sequence] = []
-    for request in waiting:
-        engine.check(request)
-    while waiting or engine.running:
-        while waiting and engine.free_slots:
-            engine.add(waiting.pop(0))
-        finished += [s for s, _ in engine.step() if s.done]
-    order = {id(r): i for i, r in enumerate(requests)}
-    return sorted(finished, key=lambda s: order[id(s.request)])
+    return Engine(model, max_batch, decoder=decoder).run(requests)
