@@ -3,7 +3,7 @@ same shape (a Llama-architecture `LlamaForCausalLM`: RMSNorm, rotary, SwiGLU, gr
 weights, same dtype, in the same run. Prints JSON.
 
 - single stream: greedy decoding of --new-tokens tokens after a 32-token prompt, batch 1 (shoal's engine directly,
-  HF `generate(do_sample=False)`), tokens/s;
+  eager and with its torch.compile decoder; HF `generate(do_sample=False)`), tokens/s;
 - aggregate: C concurrent clients (1, 8, 32) each asking for --new-tokens tokens from `shoal serve` (its own
   process, continuous batching, --max-batch rows) over HTTP, against HF `generate()` on one left-padded batch of C
   prompts in this process; total new tokens / wall time.
@@ -48,8 +48,7 @@ def hf_twin(model: Transformer, dtype: torch.dtype):
     return twin.to(dtype).eval()
 
 
-def shoal_single(model: Transformer, prompt: list[int], new: int) -> float:
-    engine = Engine(model, max_batch=1)  # the cache is allocated once per server, not per request
+def shoal_single(engine: Engine, prompt: list[int], new: int) -> float:
     start = time.perf_counter()
     engine.add(Request(prompt, new))  # no stop token: exactly `new` tokens, like min_new_tokens on the HF side
     while engine.running:
@@ -125,9 +124,15 @@ def main() -> None:
     twin = hf_twin(model, dtype)
     prompt = torch.randint(0, 8192, (32,), generator=torch.Generator().manual_seed(1)).tolist()
 
-    single = {"shoal": [], "hf_generate": []}
+    # The cache is allocated once per server, not per request; compile's compilations happen in the warm-up.
+    engines = {"shoal": Engine(model, max_batch=1, decoder="eager"),
+               "shoal_compile": Engine(model, max_batch=1, decoder="compile")}
+    for engine in engines.values():
+        shoal_single(engine, prompt, args.new_tokens)
+    single = {"shoal": [], "shoal_compile": [], "hf_generate": []}
     for _ in range(args.rounds):
-        single["shoal"].append(shoal_single(model, prompt, args.new_tokens))
+        for name, engine in engines.items():
+            single[name].append(shoal_single(engine, prompt, args.new_tokens))
         single["hf_generate"].append(hf_generate(twin, [prompt], args.new_tokens))
     single_rate = {k: round(statistics.median(v), 1) for k, v in single.items()}
 
@@ -155,6 +160,7 @@ def main() -> None:
         "dtype": args.dtype, "new_tokens": args.new_tokens, "rounds": args.rounds,
         "single_stream_tokens_per_second": single_rate,
         "single_stream_ratio": round(single_rate["shoal"] / single_rate["hf_generate"], 2),
+        "single_stream_ratio_compiled": round(single_rate["shoal_compile"] / single_rate["hf_generate"], 2),
         "aggregate_tokens_per_second": aggregate, "max_batch": args.max_batch,
     }, indent=2))
 

@@ -104,8 +104,8 @@ def test_streaming_gives_the_same_text(server):
 
 
 def test_concurrent_clients_each_get_their_own_answer(server, model, tokenizer):
-    prompts = [("def add(a, b):" * (1 + i % 3))[: 5 + 3 * i] for i in range(16)]
-    lengths = [4 + (i * 5) % 17 for i in range(16)]
+    prompts = [("def add(a, b):" * (1 + i % 4))[: 5 + 3 * (i % 17)] for i in range(32)]
+    lengths = [4 + (i * 5) % 17 for i in range(32)]
 
     async def ask(client: httpx.AsyncClient, prompt: str, max_tokens: int) -> dict:
         reply = await client.post(f"{server}/v1/completions",

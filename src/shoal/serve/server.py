@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tokenizers import Tokenizer
 
 from shoal.data.tokenizer import eot_id
+from shoal.serve.completion import Completion, Dispatcher
 from shoal.serve.drift import DriftMonitor
 from shoal.serve.engine import Request as EngineRequest
 from shoal.serve.metrics import ServerMetrics
@@ -80,6 +81,7 @@ def create_app(scheduler: Scheduler, tokenizer: Tokenizer, model_name: str,
     eot = eot_id(tokenizer)
     created = int(time.time())
     max_prompt = settings.max_prompt_tokens or scheduler.engine.max_len
+    dispatcher: Dispatcher | None = None  # made on the first request, in the server's event loop
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -156,19 +158,22 @@ def create_app(scheduler: Scheduler, tokenizer: Tokenizer, model_name: str,
         stops = [body.stop] if isinstance(body.stop, str) else [s for s in body.stop or [] if s]
         engine_request = EngineRequest(prompt, body.max_tokens, body.temperature, body.top_k, body.top_p, body.seed,
                                        eot)
+        nonlocal dispatcher
         loop = asyncio.get_running_loop()
+        if dispatcher is None or dispatcher.loop is not loop:
+            dispatcher = Dispatcher(loop)
+        post = dispatcher.post
         events: asyncio.Queue = asyncio.Queue()
         try:
-            ticket = scheduler.submit(engine_request,
-                                      lambda t: loop.call_soon_threadsafe(events.put_nowait, ("token", t)),
-                                      lambda r: loop.call_soon_threadsafe(events.put_nowait, ("finish", r)))
+            ticket = scheduler.submit(engine_request, lambda t: post(events, ("token", t)),
+                                      lambda r: post(events, ("finish", r)))
         except ValueError as e:
             return refuse(400, str(e))
         except Busy as e:
             return refuse(e.status, str(e), "server_busy")
         metrics.prompt_tokens.inc(len(prompt))
-        completion = _Completion(tokenizer, prompt, stops, lambda: scheduler.cancel(ticket), arrived,
-                                 arrived + settings.request_timeout)
+        completion = Completion(tokenizer, prompt, stops, lambda: scheduler.cancel(ticket), arrived,
+                                arrived + settings.request_timeout, body.stream)
         meta = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": model_name}
         if body.stream:
@@ -229,74 +234,7 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
-class _Completion:
-    """Turns the token events of one request into text: decodes incrementally (a character may span several byte
-    tokens), stops at the first stop sequence (cancelling the rest of the generation) and counts usage."""
-
-    def __init__(self, tokenizer: Tokenizer, prompt: list[int], stops: list[str], cancel: Any, arrived: float,
-                 deadline: float) -> None:
-        self.tokenizer, self.prompt, self.stops, self.cancel = tokenizer, prompt, stops, cancel
-        self.arrived, self.deadline = arrived, deadline
-        self.tokens: list[int] = []
-        self.text = ""
-        self.finish_reason: str | None = None
-        self.outcome: object = None
-        self.first_token_at: float | None = None
-        self.timed_out = False
-
-    def record(self, metrics: ServerMetrics) -> None:
-        elapsed = time.monotonic() - self.arrived
-        metrics.latency.observe(elapsed)
-        metrics.generated_tokens.inc(len(self.tokens))
-        if self.first_token_at is not None:
-            metrics.first_token.observe(self.first_token_at - self.arrived)
-            metrics.tokens_per_second.observe(len(self.tokens) / max(elapsed, 1e-9))
-
-    @property
-    def usage(self) -> dict[str, int]:
-        return {"prompt_tokens": len(self.prompt), "completion_tokens": len(self.tokens),
-                "total_tokens": len(self.prompt) + len(self.tokens)}
-
-    async def run(self, events: asyncio.Queue) -> AsyncIterator[str]:
-        """Yield each new piece of text as it becomes final."""
-        while True:
-            try:
-                kind, value = await asyncio.wait_for(events.get(), max(self.deadline - time.monotonic(), 0.001))
-            except asyncio.TimeoutError:
-                self.timed_out, self.finish_reason = True, "length"
-                self.cancel()
-                return
-            if kind == "finish":
-                self.outcome = value
-                if self.finish_reason is None:
-                    self.finish_reason = "stop" if value in ("stop", "cancelled") else "length"
-                    tail = self.tokenizer.decode(self.tokens)[len(self.text):]  # whatever was held back
-                    self.text += tail
-                    if tail and not isinstance(value, Exception):
-                        yield tail
-                return
-            if self.finish_reason is not None:
-                continue  # tokens that raced the cancellation
-            if self.first_token_at is None:
-                self.first_token_at = time.monotonic()
-            self.tokens.append(value)
-            text = self.tokenizer.decode(self.tokens)
-            hit = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
-            if hit >= 0:
-                text, self.finish_reason = text[:hit], "stop"
-                self.cancel()
-            elif text.endswith("\ufffd"):
-                continue  # an unfinished character: wait for its next byte
-            else:
-                # Hold back a suffix that could still grow into a stop sequence.
-                keep = max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
-                text = text[:len(text) - keep]
-            if len(text) > len(self.text):
-                piece, self.text = text[len(self.text):], text
-                yield piece
-
-
-async def _sse(completion: _Completion, events: asyncio.Queue, meta: dict[str, Any],
+async def _sse(completion: Completion, events: asyncio.Queue, meta: dict[str, Any],
                metrics: ServerMetrics) -> AsyncIterator[str]:
     def chunk(text: str, finish: str | None) -> str:
         payload = {**meta, "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]}
