@@ -328,6 +328,8 @@ def serve(model: Annotated[Path, typer.Argument(help="Run folder or exported bun
                     port=port, log_level="info")
     finally:
         scheduler.close()
+        if monitor is not None:
+            monitor.close()
 
 
 def _drift_monitor(loaded, model, reference: list[str], max_prompt: int, window: int, z: float):

@@ -63,7 +63,7 @@ def test_bad_requests_and_a_full_engine(model):
     engine = Engine(model, max_batch=1)
     for request, words in ((Request([], 5), "empty"), (Request([1] * 49, 5), "more than the context"),
                            (Request([VOCAB], 5), "token ids"), (Request([1], 0), "max_tokens"),
-                           (Request([1], 5, top_p=2.0), "top_p")):
+                           (Request([1], 5, top_p=2.0), "top_p"), (Request([1], 5, seed=2**64), "64-bit")):
         with pytest.raises(ValueError, match=words):
             engine.add(request)
     engine.add(Request([1, 2], 5))

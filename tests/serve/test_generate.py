@@ -153,3 +153,10 @@ def test_bad_prompts_are_refused_at_the_call(model):
         generate(model, [1], -1)
     with pytest.raises(ValueError):
         generate(model, [1], 5, top_p=2.0)
+
+
+def test_a_tiny_temperature_is_greedy_not_nan():
+    logits = torch.tensor([[1.0, 3.0, 2.0], [50.0, -50.0, 49.0]])
+    for temperature in (1e-30, 9.5e-221):
+        assert sample_next(logits, temperature, 0, 1.0).tolist() == [1, 0]
+        assert sample_next(logits, temperature, 2, 0.5).tolist() == [1, 0]

@@ -136,6 +136,7 @@ def test_stop_sequences_cut_the_text(server, model, tokenizer):
     (json.dumps({"prompt": ""}).encode(), 422), (json.dumps({"prompt": "x", "max_tokens": -1}).encode(), 422),
     (json.dumps({"prompt": "x", "temperature": "hot"}).encode(), 422),
     (json.dumps({"prompt": "x", "unknown_field": 1}).encode(), 422),
+    (json.dumps({"prompt": "x", "seed": 2**64}).encode(), 422),
     (json.dumps({"prompt": "x " * 200}).encode(), 400),  # longer than the 64-token context
     (json.dumps({"prompt": "x", "model": "gpt-9"}).encode(), 404)])
 def test_bad_requests_are_json_errors(server, body, status):
@@ -270,3 +271,53 @@ def test_fuzzed_bodies_never_get_a_500(server, body, raw):
         assert reply.status_code < 500, (content, reply.text)
         if reply.status_code != 200 or not (isinstance(body, dict) and body.get("stream") is True):
             assert "error" in reply.json() or "choices" in reply.json()
+
+
+def request_schema(url: str) -> dict:
+    """The completions body as the server's own OpenAPI document describes it."""
+    document = httpx.get(f"{url}/openapi.json", timeout=30).json()
+    body = document["paths"]["/v1/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    schema = document["components"]["schemas"][body["$ref"].rsplit("/", 1)[1]]
+    assert "$ref" not in json.dumps(schema) and sorted(schema["properties"]) == sorted(FIELDS)
+    return schema
+
+
+def from_schema(schema: dict) -> st.SearchStrategy:
+    """Values a JSON schema allows, for the keywords the completions schema uses (a new keyword fails loudly)."""
+    known = {"type", "anyOf", "items", "minLength", "minimum", "maximum", "exclusiveMinimum", "properties", "required",
+             "additionalProperties", "default", "title", "description"}
+    assert set(schema) <= known, f"a schema keyword this strategy does not know: {set(schema) - known}"
+    if "anyOf" in schema:
+        return st.one_of(*(from_schema(option) for option in schema["anyOf"]))
+    kind = schema["type"]
+    if kind == "object":
+        required = {k: from_schema(schema["properties"][k]) for k in schema.get("required", [])}
+        optional = {k: from_schema(v) for k, v in schema["properties"].items() if k not in required}
+        return st.fixed_dictionaries(required, optional=optional)
+    if kind == "integer":
+        return st.integers(schema.get("minimum"), schema.get("maximum"))
+    if kind == "number":
+        low = schema.get("minimum", schema.get("exclusiveMinimum"))
+        return st.floats(low, schema.get("maximum"), exclude_min="exclusiveMinimum" in schema, allow_nan=False)
+    if kind == "array":
+        return st.lists(from_schema(schema["items"]), max_size=4)
+    return {"string": st.text(min_size=schema.get("minLength", 0), max_size=60), "boolean": st.booleans(),
+            "null": st.none()}[kind]
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_bodies_the_openapi_schema_allows_are_served(server, data):
+    """Whatever the published schema allows is never refused as malformed (422) and never fails (5xx)."""
+    body = data.draw(from_schema(request_schema(server)))
+    if isinstance(body.get("max_tokens"), int):
+        body["max_tokens"] = min(body["max_tokens"], 4)  # keep them quick; still valid
+    if data.draw(st.booleans()):
+        body["model"] = "tiny-test"  # most bodies should reach the model, not stop at another model's name
+    reply = httpx.post(f"{server}/v1/completions", json=body, timeout=60)
+    assert reply.status_code in (200, 400, 404), (body, reply.text)
+    if reply.status_code == 200 and body.get("stream"):
+        assert reply.text.rstrip().endswith("data: [DONE]") and '"error"' not in reply.text, reply.text
+    elif reply.status_code == 200:
+        assert reply.json()["usage"]["completion_tokens"] <= body.get("max_tokens", 16)

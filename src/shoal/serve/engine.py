@@ -73,6 +73,8 @@ class Engine:
         check_request(self.model, request.prompt, self.max_len, request.temperature, request.top_k, request.top_p)
         if request.max_tokens < 1:
             raise ValueError(f"max_tokens must be at least 1, got {request.max_tokens}")
+        if request.seed is not None and not -(2**63) <= request.seed < 2**64:
+            raise ValueError(f"seed must be a 64-bit integer, got {request.seed}")
 
     @torch.inference_mode()
     def add(self, request: Request) -> Sequence:

@@ -23,7 +23,10 @@ def sample_next(logits: Tensor, temperature: float, top_k: int, top_p: float,
     logits = logits.float()  # bf16 logits would round the small probabilities the tail filters decide on
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits / temperature
+    # Shifted so the largest is 0 before scaling, and the temperature kept above float32's zero: a tiny temperature
+    # sends the rest to -inf (greedy in effect), never to inf - inf or 0 / 0 = nan.
+    temperature = max(temperature, torch.finfo(torch.float32).tiny)
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
     if 0 < top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

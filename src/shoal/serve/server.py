@@ -44,7 +44,7 @@ class CompletionRequest(BaseModel):
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0)  # an extension, as in vLLM
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)  # what torch.Generator takes
     stop: str | list[str] | None = None
     stream: bool = False
     n: int = Field(1, ge=1, le=1)
@@ -155,7 +155,7 @@ def create_app(scheduler: Scheduler, tokenizer: Tokenizer, model_name: str,
         prompt = tokenizer.encode(body.prompt, add_special_tokens=False).ids
         if len(prompt) > max_prompt:
             return refuse(400, f"the prompt has {len(prompt)} tokens; this server allows at most {max_prompt}")
-        stops = [body.stop] if isinstance(body.stop, str) else [s for s in body.stop or [] if s]
+        stops = [s for s in ([body.stop] if isinstance(body.stop, str) else body.stop or []) if s]
         engine_request = EngineRequest(prompt, body.max_tokens, body.temperature, body.top_k, body.top_p, body.seed,
                                        eot)
         nonlocal dispatcher
