@@ -315,9 +315,10 @@ def serve(model: Annotated[Path, typer.Argument(help="Run folder or exported bun
         pick_decoder(decode, network)
     except ValueError as e:
         raise ShoalError(str(e)) from None
-    engine = Engine(network, max_batch, score_prompts=drift, decoder=decode)
+    engine = Engine(network, max_batch, decoder=decode)
     monitor = _drift_monitor(loaded, network, drift_reference or [], max_prompt_tokens or engine.max_len,
                              drift_window, drift_z) if drift else None
+    engine.score_prompts = monitor is not None
     scheduler = Scheduler(engine, max_queue, queue_timeout,
                           on_admit=(lambda s: monitor.observe(s.request.prompt, s.prompt_nats)) if monitor else None)
     settings = ServerSettings(keys, rate_limit or None, max_body_bytes, max_prompt_tokens or None, max_tokens,
@@ -334,13 +335,12 @@ def serve(model: Annotated[Path, typer.Argument(help="Run folder or exported bun
 
 def _drift_monitor(loaded, model, reference: list[str], max_prompt: int, window: int, z: float):
     """The drift monitor, or None (with a warning) when a run's data is gone and no reference was named."""
-    from shoal.errors import DataError
     from shoal.serve.drift import DriftMonitor
     from shoal.serve.drift_profile import server_profile
 
     try:
         profile = server_profile(loaded, model, reference, max_prompt)
-    except DataError as e:
+    except ShoalError as e:
         if reference:
             raise
         typer.secho(f"warning: drift monitoring is off: {e}", err=True, fg="yellow")

@@ -19,7 +19,7 @@ from shoal.data.tokenizer import train_tokenizer
 from shoal.models.transformer import Transformer, resolve_model_config
 from shoal.serve.drift import DriftMonitor, WindowJudge, js_divergence, ks_distance, length_buckets, psi, psi_bins
 from shoal.serve.drift_profile import build_profile, random_windows, run_reference, server_profile
-from shoal.serve.engine import Engine, Request
+from shoal.serve.engine import Engine, Request, prompt_loss
 from shoal.serve.scheduler import Scheduler
 from shoal.serve.server import create_app
 
@@ -88,6 +88,13 @@ def test_training_traffic_stays_below_the_alarm_and_english_prose_trips_it(refer
     assert result["checks"]["tokens_js"]["value"] > max(c["tokens_js"]["value"] for c in calm)
 
 
+def test_prompt_loss_in_chunks_is_the_whole_loss():
+    logits, prompt = torch.randn(50, 30), torch.randint(0, 30, (50,))
+    whole = float(torch.nn.functional.cross_entropy(logits[:-1], prompt[1:], reduction="sum"))
+    assert prompt_loss(logits, prompt, chunk=7) == pytest.approx(whole, rel=1e-5)
+    assert prompt_loss(logits[:1], prompt[:1]) == 0.0
+
+
 def test_the_engine_scores_prompts_at_prefill(reference):
     loaded, training, _ = reference
     engine = Engine(loaded.model, max_batch=2, score_prompts=True)
@@ -118,10 +125,18 @@ def test_drift_over_http_metrics_and_the_monitor_command(reference, tmp_path):
         scrape = httpx.get(f"{url}/metrics", timeout=30).text
         assert "shoal_drift_alarm 1.0" in scrape and 'shoal_drift_z{check="tokens_js"}' in scrape
 
+        # The window filling now is judged from 5 prompts on (and again only when more arrive).
+        with ThreadPoolExecutor(5) as pool:
+            assert set(pool.map(send, training_prompts(training, 5, seed=8))) == {200}
+        filling = httpx.get(f"{url}/v1/drift", timeout=30).json()
+        assert filling["current_prompts"] == 5 and filling["current"]["prompts"] == 5
+        assert filling["current"] == httpx.get(f"{url}/v1/drift", timeout=30).json()["current"]
+
         out = tmp_path / "monitor"
         watched = shoal("monitor", url, "--out", str(out))
         assert watched.returncode == 0, watched.stderr
-        assert "DRIFT in the latest window" in watched.stdout and "3 windows judged, 1 with an alarm" in watched.stdout
+        assert "window 2: 20 prompts" in watched.stdout and "DRIFT in the latest window" in watched.stdout
+        assert "3 windows judged, 1 with an alarm" in watched.stdout
         assert json.loads((out / "drift.json").read_text())["history"][-1]["alarm"]
         assert (out / "drift.png").stat().st_size > 10_000
         assert shoal("monitor", url, "--out", str(out), "--fail-on-drift").returncode == 1

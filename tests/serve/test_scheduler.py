@@ -74,3 +74,16 @@ def test_a_request_that_waits_too_long_is_refused(model):
         scheduler.submit(Request([], 5), lambda t: None, lambda r: None)
     scheduler.close()
     assert long.outcome == "length" and len(long.tokens) == 200
+
+
+def test_a_failing_listener_does_not_stop_the_engine(model):
+    def broken(_: object) -> None:
+        raise RuntimeError("the client's event loop is gone")
+
+    scheduler = Scheduler(Engine(model, max_batch=2), on_admit=broken)
+    scheduler.submit(Request([1, 2, 3], 5), broken, broken)
+    healthy = Listener()
+    scheduler.submit(Request([4, 5], 5), healthy.on_token, healthy.on_finish)
+    assert healthy.finished.wait(30) and healthy.outcome == "length"
+    assert healthy.tokens == list(generate(model, [4, 5], 5, temperature=0))
+    scheduler.close()

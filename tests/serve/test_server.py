@@ -137,6 +137,8 @@ def test_stop_sequences_cut_the_text(server, model, tokenizer):
     (json.dumps({"prompt": "x", "temperature": "hot"}).encode(), 422),
     (json.dumps({"prompt": "x", "unknown_field": 1}).encode(), 422),
     (json.dumps({"prompt": "x", "seed": 2**64}).encode(), 422),
+    (json.dumps({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}).encode(), 422),  # at most 4, as OpenAI
+    (json.dumps({"prompt": "x", "stop": "s" * 257}).encode(), 422),
     (json.dumps({"prompt": "x " * 200}).encode(), 400),  # longer than the 64-token context
     (json.dumps({"prompt": "x", "model": "gpt-9"}).encode(), 404)])
 def test_bad_requests_are_json_errors(server, body, status):
@@ -284,8 +286,8 @@ def request_schema(url: str) -> dict:
 
 def from_schema(schema: dict) -> st.SearchStrategy:
     """Values a JSON schema allows, for the keywords the completions schema uses (a new keyword fails loudly)."""
-    known = {"type", "anyOf", "items", "minLength", "minimum", "maximum", "exclusiveMinimum", "properties", "required",
-             "additionalProperties", "default", "title", "description"}
+    known = {"type", "anyOf", "items", "minLength", "maxLength", "maxItems", "minimum", "maximum", "exclusiveMinimum",
+             "properties", "required", "additionalProperties", "default", "title", "description"}
     assert set(schema) <= known, f"a schema keyword this strategy does not know: {set(schema) - known}"
     if "anyOf" in schema:
         return st.one_of(*(from_schema(option) for option in schema["anyOf"]))
@@ -300,8 +302,9 @@ def from_schema(schema: dict) -> st.SearchStrategy:
         low = schema.get("minimum", schema.get("exclusiveMinimum"))
         return st.floats(low, schema.get("maximum"), exclude_min="exclusiveMinimum" in schema, allow_nan=False)
     if kind == "array":
-        return st.lists(from_schema(schema["items"]), max_size=4)
-    return {"string": st.text(min_size=schema.get("minLength", 0), max_size=60), "boolean": st.booleans(),
+        return st.lists(from_schema(schema["items"]), max_size=schema.get("maxItems", 6))
+    return {"string": st.text(min_size=schema.get("minLength", 0), max_size=min(schema.get("maxLength", 60), 60)),
+            "boolean": st.booleans(),
             "null": st.none()}[kind]
 
 

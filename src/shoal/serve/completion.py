@@ -128,7 +128,8 @@ class Completion:
             text, self.finish_reason = text[:hit], "stop"
             self.cancel()
         elif not final:
-            keep = max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+            keep = max((k for s in self.stops for k in range(1, min(len(s), len(text) + 1)) if text.endswith(s[:k])),
+                       default=0)
             text, self._held = text[:len(text) - keep], text[len(text) - keep:]
         self.text += text
         return text

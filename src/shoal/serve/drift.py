@@ -123,7 +123,8 @@ class WindowJudge:
         checks = {}
         for name, value in observed.items():
             mean, std = float(null[name].mean()), float(null[name].std())
-            z = (value - mean) / max(std, 1e-12)
+            # A null without spread (every resample alike): rounding must not read as an alarm.
+            z = (value - mean) / max(std, 1e-9 * max(1.0, abs(mean)))
             checks[name] = {"value": value, "expected": mean, "null_std": std, "z": z,
                             "p": float((1 + (null[name] >= value).sum()) / (1 + len(null[name]))),
                             "alarm": bool(z >= self.z_alarm)}
@@ -174,9 +175,10 @@ class DriftMonitor:
         self._prompts: list[np.ndarray] = []
         self._nats: list[float] = []
         self._opened = time.time()
-        self._closed = 0
+        self._closed = self._judged = 0
         self._history: deque[dict[str, Any]] = deque(maxlen=keep)
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="shoal-drift")
+        self._current: tuple[tuple[int, int], dict[str, Any]] | None = None  # the filling window, last judged
 
     def observe(self, prompt: list[int], nats: float) -> None:
         """One prefilled prompt and its total surprisal (nats over its tokens after the first)."""
@@ -194,6 +196,7 @@ class DriftMonitor:
         result = self.judge.judge(prompts, nats, np.random.default_rng([self.seed, index]))
         with self._lock:
             self._history.append({"window": index, "start": opened, "end": time.time(), **result})
+            self._judged += 1
 
     def settle(self) -> None:
         """Wait until every closed window has been judged."""
@@ -207,11 +210,16 @@ class DriftMonitor:
     def report(self) -> dict[str, Any]:
         with self._lock:
             prompts, nats, opened, history = list(self._prompts), list(self._nats), self._opened, list(self._history)
+            key = (self._closed, len(prompts))
         current = None
         if len(prompts) >= MIN_PROMPTS:
-            current = {"start": opened, **self.judge.judge(prompts, nats, np.random.default_rng([self.seed, -1]))}
+            # Judged again only when prompts arrived since: scrapers and dashboards may ask often.
+            if self._current is None or self._current[0] != key:
+                rng = np.random.default_rng([self.seed, 1 << 32, key[0]])  # apart from the closed windows' seeds
+                self._current = (key, {"start": opened, **self.judge.judge(prompts, nats, rng)})
+            current = self._current[1]
         return {"reference": self.profile.describe(), "window": self.window, "z_alarm": self.judge.z_alarm,
-                "resamples": self.judge.resamples, "windows_judged": len(history),
+                "resamples": self.judge.resamples, "windows_judged": self._judged,
                 "alarm": bool(history and history[-1]["alarm"]), "current": current,
                 "current_prompts": len(prompts), "history": history}
 
@@ -233,7 +241,7 @@ class DriftMonitor:
         Gauge("shoal_drift_alarm", "1 when the last judged window drifted", registry=registry).set_function(
             lambda: float(bool(self.latest and self.latest["alarm"])))
         Gauge("shoal_drift_windows", "Windows judged so far", registry=registry).set_function(
-            lambda: float(self._closed))
+            lambda: float(self._judged))
 
     def close(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)

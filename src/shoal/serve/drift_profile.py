@@ -37,7 +37,7 @@ class Pieces:
     """Prompt-sized pieces of reference documents, zero-padded to [pieces, max_prompt]."""
     values: np.ndarray  # token ids (int32), or for scored pieces the running sum of surprisal (float64)
     lengths: np.ndarray  # tokens in each piece
-    documents: np.ndarray  # index of the document each piece came from
+    documents: np.ndarray  # which of the n_documents the pieces came from holds each piece
     n_documents: int
 
 
@@ -77,8 +77,7 @@ def build_profile(model: Transformer, training: Iterable[np.ndarray], validation
     if not train_docs or not val_docs:
         raise ShoalError(f"the drift reference {source} has no {'training' if not train_docs else 'validation'} "
                          "documents")
-    for ids in train_docs:
-        counts += np.bincount(ids, minlength=vocab)[:vocab]
+    counts += np.bincount(np.concatenate(train_docs), minlength=vocab)[:vocab]
     pieces = random_windows(train_docs, max_prompt, MAX_PIECES, rng)
     scored = random_windows(val_docs, max_prompt, MAX_SCORED_PIECES, rng)
     scored.values = _surprisal(model, scored, on_piece)
@@ -98,7 +97,9 @@ def random_windows(documents: list[np.ndarray], size: int, count: int, rng: np.r
         piece = documents[d][start:start + size]
         values[row, :len(piece)] = piece
         taken[row] = len(piece)
-    return Pieces(values, taken, owner, len(documents))
+    # The null resamples the documents the pieces came from, numbered 0 .. k-1.
+    owners, numbered = np.unique(owner, return_inverse=True)
+    return Pieces(values, taken, numbered.astype(np.int64), len(owners))
 
 
 @torch.inference_mode()

@@ -91,8 +91,7 @@ class Engine:
         logits = self.model(prompt, self.cache.slot(slot))[0]
         self.logits[slot] = logits[-1].float()
         if self.score_prompts:
-            sequence.prompt_nats = float(torch.nn.functional.cross_entropy(logits[:-1].float(), prompt[0, 1:],
-                                                                           reduction="sum")) if len(prompt[0]) > 1 else 0.0
+            sequence.prompt_nats = prompt_loss(logits, prompt[0])
         self.positions[slot] = len(request.prompt)
         self.slots[slot] = sequence
         return sequence
@@ -173,6 +172,16 @@ class Engine:
         for i in range(rows):
             if self.slots[i] is not None:
                 self.positions[i] += 1
+
+
+def prompt_loss(logits: torch.Tensor, prompt: torch.Tensor, chunk: int = 256) -> float:
+    """Total nats of prompt[1:] under logits [T, vocab], in chunks: a float32 copy of a long prompt's logits over a
+    large vocabulary would otherwise cost as much memory again as the prefill."""
+    total = torch.zeros((), device=logits.device)
+    for start in range(0, len(prompt) - 1, chunk):
+        end = min(start + chunk, len(prompt) - 1)
+        total += torch.nn.functional.cross_entropy(logits[start:end].float(), prompt[start + 1:end + 1], reduction="sum")
+    return float(total)
 
 
 def generate_batch(model: Transformer, requests: list[Request], max_batch: int = 8,

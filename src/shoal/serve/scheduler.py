@@ -12,6 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from shoal.serve.engine import Engine, Request, Sequence
 
@@ -62,7 +63,7 @@ class Scheduler:
     def submit(self, request: Request, on_token: Callable[[int], None], on_finish: Callable[[object], None]) -> Ticket:
         """Queue `request` (checked first: ValueError for one that can never run; Busy when the queue is full)."""
         self.engine.check(request)
-        ticket = Ticket(request, on_token, on_finish, next(self._ids))
+        ticket = Ticket(request, _guarded(on_token), _guarded(on_finish), next(self._ids))
         with self._wake:
             if self._stopping:
                 raise Busy("the server is shutting down", 503)
@@ -104,10 +105,7 @@ class Scheduler:
                     continue
                 self._running[ticket.sequence.slot] = ticket
                 if self.on_admit is not None:
-                    try:
-                        self.on_admit(ticket.sequence)
-                    except Exception:  # noqa: BLE001 -- monitoring must never stop the engine
-                        logging.getLogger(__name__).exception("the admission hook failed")
+                    _guarded(self.on_admit)(ticket.sequence)
             self._retire_cancelled()
             if self._running:
                 self._step()
@@ -151,3 +149,14 @@ class Scheduler:
             if sequence.done:
                 del self._running[sequence.slot]
                 ticket.on_finish(sequence.finish_reason)
+
+
+def _guarded(callback: Callable[[Any], None]) -> Callable[[Any], None]:
+    """`callback`, with its exceptions logged rather than raised: a failing listener (a closed event loop at shutdown,
+    a monitor) must never stop the engine thread that every other request depends on."""
+    def call(value: Any) -> None:
+        try:
+            callback(value)
+        except Exception:  # noqa: BLE001
+            logging.getLogger(__name__).exception("a request's listener failed")
+    return call

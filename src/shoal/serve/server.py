@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -34,6 +34,8 @@ from shoal.serve.metrics import ServerMetrics
 from shoal.serve.scheduler import Busy, Scheduler
 from shoal.serve.security import RateLimiter, match_key
 
+StopText = Annotated[str, Field(max_length=256)]  # a stop sequence is checked against every new piece of text
+
 
 class CompletionRequest(BaseModel):
     """The fields of OpenAI's /v1/completions that a single-prompt text model can honour (others are refused)."""
@@ -45,7 +47,7 @@ class CompletionRequest(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0)  # an extension, as in vLLM
     seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)  # what torch.Generator takes
-    stop: str | list[str] | None = None
+    stop: StopText | Annotated[list[StopText], Field(max_length=4)] | None = None  # OpenAI's limit: 4
     stream: bool = False
     n: int = Field(1, ge=1, le=1)
     user: str | None = None
