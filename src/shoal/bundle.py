@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from torch.distributed.checkpoint.state_dict import get_model_state_dict
@@ -87,18 +88,45 @@ def load_bundle(path: str | Path) -> LoadedModel:
         raise CheckpointError(f"bundle {path} is corrupt: {problem}")
     config = json.loads((path / "config.json").read_text())
     model_cfg = model_config_from_dict(config["model"])
+    if config.get("quantization"):
+        from shoal.compress.quantize import load_quantized
+
+        with safe_open(path / "model.safetensors", "pt") as weights:
+            metadata = weights.metadata() or {}
+        model = load_quantized(Transformer(model_cfg).to(torch.bfloat16), load_file(path / "model.safetensors"),
+                               metadata)
+        info = {"source": str(path), **config["provenance"], "quantization": config["quantization"]}
+        return LoadedModel(model, load_tokenizer(path / "tokenizer.json"), info)
     model = _model_from_state(model_cfg, load_file(path / "model.safetensors"))
     return LoadedModel(model, load_tokenizer(path / "tokenizer.json"), {"source": str(path), **config["provenance"]})
 
 
-def load_model(path: str | Path) -> LoadedModel:
-    """A run folder or an exported bundle."""
+def load_model(path: str | Path, device: str = "auto") -> LoadedModel:
+    """A run folder or an exported bundle, on `device` (auto: the GPU when there is one)."""
     path = Path(path)
+    target = resolve_device(device)
     if (path / "manifest.json").is_file():
-        return load_bundle(path)
-    if (path / "checkpoints").is_dir():
-        return load_run(path)
-    raise ShoalError(f"{path} is neither a run folder (with checkpoints/) nor a bundle (with manifest.json)")
+        loaded = load_bundle(path)
+    elif (path / "checkpoints").is_dir():
+        loaded = load_run(path)
+    else:
+        raise ShoalError(f"{path} is neither a run folder (with checkpoints/) nor a bundle (with manifest.json)")
+    made_for = (loaded.info.get("quantization") or {}).get("device", "cpu")
+    if made_for == "cuda" and target.type != "cuda":
+        raise ShoalError(f"{path} was quantized for a GPU ({loaded.info['quantization']['method']}, a GPU-only "
+                         "layout); load it on a GPU or quantize the original on this machine")
+    loaded.model.to(target)
+    return loaded
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ShoalError("--device cuda, but no CUDA GPU is visible")
+    if requested not in ("cpu", "cuda"):
+        raise ShoalError(f"--device must be auto, cpu or cuda, got {requested!r}")
+    return torch.device(requested)
 
 
 def export_bundle(run_dir: str | Path, out_dir: str | Path) -> Path:
@@ -112,11 +140,14 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path) -> Path:
 
 
 def save_bundle(model: Transformer, tokenizer: Tokenizer, out_dir: str | Path, provenance: dict[str, Any],
-                training: dict[str, Any] | None = None, card: Path | None = None) -> Path:
+                training: dict[str, Any] | None = None, card: Path | None = None,
+                quantization: dict[str, Any] | None = None) -> Path:
     """Write `model` as a bundle into `out_dir` (built aside, then renamed in, so a failure leaves nothing half-written).
 
     `provenance` says where the weights came from (a run's checkpoint, a parent bundle and what was done to it);
-    `training` is the resolved config that trained them; `card` the training data's card, copied along.
+    `training` is the resolved config that trained them; `card` the training data's card, copied along;
+    `quantization` the method and settings of a model quantized by shoal.compress (its weights are then torchao
+    tensors, stored flattened with their metadata).
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -127,13 +158,19 @@ def save_bundle(model: Transformer, tokenizer: Tokenizer, out_dir: str | Path, p
     tmp.mkdir(parents=True)
     try:
         model_cfg = model.config
-        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()
-                 if not (model_cfg.tie_embeddings and k == "output.weight")}
-        save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
+        if quantization:
+            from shoal.compress.quantize import quantized_state
+
+            state, metadata = quantized_state(model)
+        else:
+            state = {k: v.detach().contiguous() for k, v in model.state_dict().items()
+                     if not (model_cfg.tie_embeddings and k == "output.weight")}
+            metadata = {"format": "pt"}
+        save_file(state, tmp / "model.safetensors", metadata=metadata)
         tokenizer.save(str(tmp / "tokenizer.json"))
         provenance = {**provenance, "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "shoal_version": __version__}
         atomic_write_json(tmp / "config.json", {"model": asdict(model_cfg), "provenance": provenance,
-                                                "training": training})
+                                                "training": training, "quantization": quantization})
         files = list(BUNDLE_FILES)
         if card is not None:  # the data card travels with the model
             shutil.copyfile(card, tmp / CARD_FILE)

@@ -265,6 +265,7 @@ def serve(model: Annotated[Path, typer.Argument(help="Run folder or exported bun
           max_prompt_tokens: Annotated[int, typer.Option(help="Longest prompt in tokens (0: the model's context).")] = 0,
           max_body_bytes: Annotated[int, typer.Option(help="Largest request body; more gets 413.")] = 1 << 20,
           dtype: Annotated[str, typer.Option(help="auto (bf16 where faster), fp32 or bf16.")] = "auto",
+          device: Annotated[str, typer.Option(help="auto (the GPU when there is one), cpu or cuda.")] = "auto",
           decode: Annotated[str, typer.Option(help="Decode step: auto (CUDA graphs on a GPU, else eager), eager, "
                                                    "compile (torch.compile), graphs.")] = "auto",
           insecure: Annotated[bool, typer.Option(help="Allow a non-loopback address without API keys.")] = False,
@@ -308,7 +309,7 @@ def serve(model: Annotated[Path, typer.Argument(help="Run folder or exported bun
     from shoal.serve.scheduler import Scheduler
     from shoal.serve.server import ServerSettings, create_app
 
-    loaded = load_model(model)
+    loaded = load_model(model, device)
     weights = loaded.model.tok_embeddings.weight
     network = loaded.model.to(pick_dtype(dtype, weights.device))
     try:
@@ -362,6 +363,22 @@ def monitor(url: Annotated[str, typer.Argument(help="The server, e.g. http://127
     typer.echo(render_drift(report) + f"\nreport in {out}/drift.json, plot in {out}/drift.png")
     if fail_on_drift and report["alarm"]:
         raise typer.Exit(1)
+
+
+@app.command()
+def compress(model: Annotated[Path, typer.Argument(help="Run folder or bundle to compress.")],
+             quantize: Annotated[str, typer.Option(help="int8-wo, int8-dyn, int4-wo or fp8 (GPU).")],
+             group_size: Annotated[int, typer.Option(help="int4-wo: weights per scale (32, 64, 128, 256).")] = 32,
+             device: Annotated[str, typer.Option(help="Where the bundle will run: auto, cpu or cuda.")] = "auto",
+             out: Annotated[Path | None, typer.Option(help="Bundle folder (default: MODEL-METHOD beside it).")] = None,
+             ) -> None:
+    """Quantize a model into a new bundle that loads and serves like any other, with its lineage in its config."""
+    from shoal.compress.make import compress_model
+
+    target = out or model.with_name(f"{model.resolve().name}-{quantize}")
+    summary = compress_model(model, target, quantize, group_size, device)
+    typer.echo(f"{quantize}: weights {summary['parent_bytes'] / 1e6:.1f} MB in bf16 -> {summary['bytes'] / 1e6:.1f} MB "
+               f"({summary['bytes'] / summary['parent_bytes']:.0%}); bundle written to {target}")
 
 
 @app.command("export")
