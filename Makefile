@@ -31,6 +31,7 @@ bench: setup
 	$(PY) bench/moe.py
 	$(PY) bench/eval.py
 	$(PY) bench/serve.py
+	$(PY) bench/compress.py
 
 lint: setup
 	$(VENV)/bin/ruff check src tests bench

@@ -1,0 +1,89 @@
+"""Compression on this CPU: each quantized variant of a model against the original, in the same run. Prints JSON.
+
+For the original in fp32 and bf16 and for int8-wo, int8-dyn and int4-wo (shoal compress's bundles): size of
+model.safetensors, bits per byte on the documents (and its change from the fp32 original), and decode tokens/s at
+batch 1 and 8 through the KV cache (and its ratio to bf16, the precision a CPU with AMX would serve).
+
+    python bench/compress.py [--model RUN_OR_BUNDLE] [--data FOLDER ...]
+The model defaults to the demo run (runs/tiny) when it exists, else the tiny preset with random weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sysconfig
+import tempfile
+from pathlib import Path
+
+import torch
+
+from shoal.bundle import load_model, save_bundle
+from shoal.compress.make import compress_model
+from shoal.config import load_config
+from shoal.data.prepare import prepare_dataset
+from shoal.data.sources import iter_documents, resolve_sources
+from shoal.data.tokenizer import load_tokenizer
+from shoal.eval.efficiency import measure_efficiency
+from shoal.eval.metrics import bits_per_byte
+from shoal.eval.scoring import score_documents
+from shoal.models.transformer import Transformer, resolve_model_config
+
+METHODS = ("int8-wo", "int8-dyn", "int4-wo")
+
+
+def source_bundle(model: str | None, folder: Path) -> tuple[Path, str]:
+    """A bundle of the model to compress, and what its weights are."""
+    if model or Path("runs/tiny/checkpoints").is_dir():
+        path = Path(model or "runs/tiny")
+        return path, f"trained ({path})"
+    cfg = load_config("tiny")
+    tokenizer = load_tokenizer(prepare_dataset(cfg.data, progress=False).tokenizer_path)
+    torch.manual_seed(0)
+    network = Transformer(resolve_model_config(cfg.model, tokenizer.get_vocab_size()))
+    save_bundle(network, tokenizer, folder / "original", {"source": "bench/compress.py, random weights"})
+    return folder / "original", "random (tiny preset; run make demo for a trained model)"
+
+
+def measure(loaded, documents: list[tuple[str, str]], size: int) -> dict:
+    scores = score_documents(loaded.model, loaded.tokenizer, documents)
+    speed = measure_efficiency(loaded.model, batch_sizes=(1, 8), repeats=3)
+    return {"bytes": size, "bits_per_byte": bits_per_byte(sum(scores.nats), sum(scores.bytes)),
+            "decode_tokens_per_second": {b: round(v["decode_tokens_per_second"], 1)
+                                         for b, v in speed["throughput"].items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model")
+    parser.add_argument("--data", nargs="+", default=[str(Path(sysconfig.get_paths()["stdlib"]) / "email")])
+    args = parser.parse_args()
+    documents = [(doc.origin, doc.text) for doc in iter_documents(resolve_sources(args.data, key="--data"))]
+    folder = Path(tempfile.mkdtemp(prefix="shoal-bench-compress-"))
+    source, weights = source_bundle(args.model, folder)
+
+    variants = {}
+    original = load_model(source, "cpu")
+    bf16_bytes = original.model.num_params() * 2
+    variants["fp32"] = measure(original, documents, bf16_bytes * 2)
+    original.model.to(torch.bfloat16)
+    variants["bf16"] = measure(original, documents, bf16_bytes)
+    for method in METHODS:
+        summary = compress_model(source, folder / method, method, device="cpu")
+        variants[method] = measure(load_model(folder / method, "cpu"), documents, summary["bytes"])
+    base_bpb, base_speed = variants["fp32"]["bits_per_byte"], variants["bf16"]["decode_tokens_per_second"]
+    for row in variants.values():
+        row["bits_per_byte_change"] = round(row["bits_per_byte"] - base_bpb, 5)
+        row["bits_per_byte_change_percent"] = round(100 * (row["bits_per_byte"] / base_bpb - 1), 3)
+        row["size_vs_bf16"] = round(row["bytes"] / bf16_bytes, 3)
+        row["decode_speed_vs_bf16"] = {b: round(v / base_speed[b], 2) for b, v in row["decode_tokens_per_second"].items()}
+        row["bits_per_byte"] = round(row["bits_per_byte"], 5)
+    print(json.dumps({"benchmark": "compress", "machine": platform.processor() or platform.machine(),
+                      "threads": torch.get_num_threads(), "model": f"{original.model.num_params() / 1e6:.2f}M "
+                      f"parameters, {weights}", "documents": len(documents), "data": args.data,
+                      "variants": variants}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
