@@ -367,18 +367,26 @@ def monitor(url: Annotated[str, typer.Argument(help="The server, e.g. http://127
 
 @app.command()
 def compress(model: Annotated[Path, typer.Argument(help="Run folder or bundle to compress.")],
-             quantize: Annotated[str, typer.Option(help="int8-wo, int8-dyn, int4-wo or fp8 (GPU).")],
+             quantize: Annotated[str | None, typer.Option(help="int8-wo, int8-dyn, int4-wo or fp8 (GPU).")] = None,
              group_size: Annotated[int, typer.Option(help="int4-wo: weights per scale (32, 64, 128, 256).")] = 32,
+             prune: Annotated[str | None, typer.Option(help="magnitude (zeros) or channels (smaller matrices).")] = None,
+             sparsity: Annotated[float, typer.Option(help="Share of weights (or channels) pruned.")] = 0.5,
+             prune_scope: Annotated[str, typer.Option(help="magnitude: global or per layer.")] = "global",
+             data: Annotated[list[str] | None, typer.Option(
+                 help="Calibration text for channels (default: a run's validation split).")] = None,
              device: Annotated[str, typer.Option(help="Where the bundle will run: auto, cpu or cuda.")] = "auto",
-             out: Annotated[Path | None, typer.Option(help="Bundle folder (default: MODEL-METHOD beside it).")] = None,
+             out: Annotated[Path | None, typer.Option(help="Bundle folder (default: MODEL-STEPS beside it).")] = None,
              ) -> None:
-    """Quantize a model into a new bundle that loads and serves like any other, with its lineage in its config."""
+    """Prune and/or quantize a model into a new bundle that loads and serves like any other, with its lineage."""
     from shoal.compress.make import compress_model
 
-    target = out or model.with_name(f"{model.resolve().name}-{quantize}")
-    summary = compress_model(model, target, quantize, group_size, device)
-    typer.echo(f"{quantize}: weights {summary['parent_bytes'] / 1e6:.1f} MB in bf16 -> {summary['bytes'] / 1e6:.1f} MB "
-               f"({summary['bytes'] / summary['parent_bytes']:.0%}); bundle written to {target}")
+    label = "-".join(x for x in (prune and f"{prune}{round(sparsity * 100)}", quantize) if x) or "compressed"
+    target = out or model.with_name(f"{model.resolve().name}-{label}")
+    summary = compress_model(model, target, quantize, group_size, prune, sparsity, prune_scope, data or [], device)
+    before, after = summary["parameters"]
+    typer.echo(f"{' + '.join(s['method'] for s in summary['steps'])}: {before:,} -> {after:,} parameters, weights "
+               f"{summary['parent_bytes'] / 1e6:.1f} MB in {summary['dtype']} -> {summary['bytes'] / 1e6:.1f} MB; "
+               f"bundle written to {target}")
 
 
 @app.command("export")

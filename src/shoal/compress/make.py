@@ -1,4 +1,4 @@
-"""`shoal compress`: a compressed bundle from a run or a bundle, with its lineage (parent, method, settings)."""
+"""`shoal compress`: a compressed bundle from a run or a bundle, with its lineage (parent and every step taken)."""
 
 from __future__ import annotations
 
@@ -6,36 +6,81 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from shoal.bundle import load_model, resolve_device, save_bundle
+from shoal.compress.prune import check_pruning, magnitude_prune, prune_channels
 from shoal.compress.quantize import check_method, quantize_model
 from shoal.data.governance.card import CARD_FILE
 from shoal.errors import ShoalError
+from shoal.eval.data import evaluation_documents
 from shoal.io import check_can_create_dir, sha256_file
 
 
-def compress_model(source: Path, out: Path, method: str, group_size: int = 32, device: str = "auto") -> dict[str, Any]:
-    """Quantize `source` with `method` into the bundle `out`; returns the weights' bytes in bf16 and quantized."""
+def compress_model(source: Path, out: Path, quantize: str | None = None, group_size: int = 32,
+                   prune: str | None = None, sparsity: float = 0.5, scope: str = "global", data: list[str] | None = None,
+                   device: str = "auto") -> dict[str, Any]:
+    """Prune and/or quantize `source` into the bundle `out`; returns the steps taken, the parameter counts and the
+    weights' bytes before (in the precision of the result) and after."""
     target = resolve_device(device)
-    check_method(method, group_size, target)  # before anything loads or is written
+    if not (quantize or prune):
+        raise ShoalError("say what to do: --quantize METHOD and/or --prune METHOD")
+    if quantize:
+        check_method(quantize, group_size, target)  # before anything loads or is written
+    if prune:
+        check_pruning(prune, sparsity, scope)
     check_can_create_dir(out)
     loaded = load_model(source, str(target))
     if loaded.info.get("quantization"):
         raise ShoalError(f"{source} is already quantized ({loaded.info['quantization']['method']}); compress the "
                          "original model")
-    parent_bytes = loaded.model.num_params() * 2  # what it weighs in bf16, the precision quantization starts from
-    settings = {"group_size": group_size} if method == "int4-wo" else {}
-    quantize_model(loaded.model, method, group_size)
-    quantization = {"method": method, "settings": settings, "dtype": "bf16", "device": target.type}
+    # The parent's size in the precision the result is stored in: bf16 under quantization, else its own.
+    element = 2 if quantize else loaded.model.tok_embeddings.weight.element_size()
+    parent_bytes = loaded.model.num_params() * element
+    model, steps = loaded.model, []
+    if prune:
+        check_pruning(prune, sparsity, scope, model)
+        if prune == "magnitude":
+            achieved = magnitude_prune(model, sparsity, scope)
+            steps.append({"method": "prune-magnitude", "settings": {"sparsity": sparsity, "scope": scope},
+                          "zero_share": round(achieved, 4)})
+        else:
+            before = model.config.d_ff
+            model = prune_channels(model, sparsity, calibration(loaded, data or []))
+            steps.append({"method": "prune-channels", "settings": {"fraction": sparsity, "d_ff": [before,
+                                                                                                  model.config.d_ff]}})
+    quantization = None
+    if quantize:
+        settings = {"group_size": group_size} if quantize == "int4-wo" else {}
+        quantize_model(model, quantize, group_size)
+        quantization = {"method": quantize, "settings": settings, "dtype": "bf16", "device": target.type}
+        steps.append({"method": quantize, "settings": settings})
     parent = {k: v for k, v in loaded.info.items() if k != "config"}
     weights = source / "model.safetensors"
-    lineage = {"parent": str(source), "parent_provenance": parent, "method": method, "settings": settings,
+    lineage = {"parent": str(source), "parent_provenance": parent, "steps": steps,
                "parent_weights_sha256": sha256_file(weights) if weights.is_file() else None}
     provenance = {"lineage": lineage, **{k: parent[k] for k in ("step", "dataset_fingerprint") if k in parent}}
     card = source / CARD_FILE
-    save_bundle(loaded.model, loaded.tokenizer, out, provenance, _training_config(source, loaded.info),
+    save_bundle(model, loaded.tokenizer, out, provenance, _training_config(source, loaded.info),
                 card if card.is_file() else None, quantization)
-    return {"parent_bytes": parent_bytes, "bytes": (out / "model.safetensors").stat().st_size,
-            "quantization": quantization}
+    return {"parent_bytes": parent_bytes, "bytes": (out / "model.safetensors").stat().st_size, "steps": steps,
+            "parameters": [loaded.model.num_params(), model.num_params()],
+            "dtype": "bf16" if quantize else str(model.tok_embeddings.weight.dtype).removeprefix("torch.")}
+
+
+def calibration(loaded, data: list[str], windows: int = 16) -> list[torch.Tensor]:
+    """Up to `windows` context-length token windows of the evaluation documents (the run's validation split, or
+    --data): what channel pruning measures activity on."""
+    _, documents = evaluation_documents(loaded, data)
+    length, pieces = loaded.model.config.max_seq_len, []
+    for _, text in documents:
+        ids = loaded.tokenizer.encode(text, add_special_tokens=False).ids
+        pieces += [torch.tensor(ids[i:i + length]) for i in range(0, len(ids) - 1, length)]
+        if len(pieces) >= windows:
+            break
+    if not pieces:
+        raise ShoalError("no calibration text for channel pruning; point --data at documents")
+    return pieces[:windows]
 
 
 def _training_config(source: Path, info: dict[str, Any]) -> dict[str, Any] | None:

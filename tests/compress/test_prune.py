@@ -1,0 +1,90 @@
+"""Pruning: magnitude pruning zeroes exactly the smallest weights; channel pruning keeps the channels that matter (a
+model whose removed channels were silent computes exactly what it did), shrinks the matrices and the parameter count;
+the CLI writes bundles that load and generate, and refuses bad requests in one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from shoal.bundle import load_model
+from shoal.compress.make import compress_model
+from shoal.compress.prune import block_linears, magnitude_prune, prune_channels
+from shoal.config import ModelConfig
+from shoal.errors import ShoalError
+from shoal.models.transformer import Transformer, resolve_model_config
+from shoal.serve.engine import Engine, Request
+
+from ..cli.test_cli import assert_one_line_error
+from ..conftest import shoal
+
+
+def small_model() -> Transformer:
+    torch.manual_seed(0)
+    return Transformer(resolve_model_config(ModelConfig(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64,
+                                                        max_seq_len=32), 50)).eval()
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_magnitude_pruning_zeroes_the_smallest_weights(scope):
+    model = small_model()
+    before = [m.weight.clone() for m in block_linears(model)]
+    share = magnitude_prune(model, 0.4, scope)
+    assert share == pytest.approx(0.4, abs=0.01)
+    groups = [(torch.cat([b.flatten() for b in before]), torch.cat([m.weight.flatten() for m in block_linears(model)]))]
+    if scope == "layer":
+        groups = [(b.flatten(), m.weight.flatten()) for b, m in zip(before, block_linears(model))]
+    for original, pruned in groups:
+        zeroed = pruned == 0
+        assert original[zeroed].abs().max() <= original[~zeroed].abs().min()
+        assert zeroed.float().mean() == pytest.approx(0.4, abs=0.01)
+        assert torch.equal(pruned[~zeroed], original[~zeroed])
+    assert model.output.weight is model.tok_embeddings.weight and model.output.weight.count_nonzero() > 0
+
+
+def test_channel_pruning_removes_silent_channels_without_changing_the_output():
+    model = small_model()
+    silent = torch.arange(0, 64, 4)  # a quarter of each layer's channels write nothing to the residual stream
+    with torch.no_grad():
+        for block in model.layers:
+            block.feed_forward.w2.weight[:, silent] = 0
+    ids = torch.randint(0, 50, (2, 32), generator=torch.Generator().manual_seed(1))
+    pruned = prune_channels(model, 0.25, [ids[0], ids[1]])
+    assert pruned.config.d_ff == 48 and pruned.layers[0].feed_forward.w1.weight.shape == (48, 32)
+    assert model.num_params() - pruned.num_params() == 2 * 3 * 32 * 16
+    with torch.no_grad():
+        assert torch.allclose(pruned(ids), model(ids), atol=1e-5)
+
+
+def test_the_cli_prunes_and_quantizes_into_bundles(trained_run, tmp_path):
+    out = tmp_path / "pruned"
+    result = shoal("compress", str(trained_run), "--prune", "channels", "--sparsity", "0.25", "--quantize", "int8-wo",
+                   "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    loaded, original = load_model(out), load_model(trained_run)
+    assert loaded.model.config.d_ff == original.model.config.d_ff * 3 // 4
+    assert loaded.model.num_params() < original.model.num_params()
+    steps = json.loads((out / "config.json").read_text())["provenance"]["lineage"]["steps"]
+    assert [s["method"] for s in steps] == ["prune-channels", "int8-wo"]
+    (sequence,) = Engine(loaded.model, max_batch=1).run([Request([3, 4], 6)])
+    assert len(sequence.tokens) == 6
+    zeros = tmp_path / "zeros"
+    assert shoal("compress", str(trained_run), "--prune", "magnitude", "--sparsity", "0.3", "--out",
+                 str(zeros)).returncode == 0
+    weights = block_linears(load_model(zeros).model)
+    assert sum(int((m.weight == 0).sum()) for m in weights) / sum(m.weight.numel() for m in weights) == \
+        pytest.approx(0.3, abs=0.01)
+
+
+def test_bad_pruning_requests_write_nothing(trained_run, tmp_path):
+    out = tmp_path / "never"
+    bundle = tmp_path / "bundle"
+    assert shoal("export", str(trained_run), "--out", str(bundle)).returncode == 0
+    for kwargs, words in (({"prune": "heads"}, "unknown pruning"), ({"prune": "magnitude", "sparsity": 1.5}, "--sparsity"),
+                          ({"prune": "magnitude", "scope": "row"}, "--prune-scope"), ({}, "say what to do")):
+        with pytest.raises(ShoalError, match=words):
+            compress_model(trained_run, out, **kwargs)
+    assert_one_line_error(shoal("compress", str(bundle), "--prune", "channels", "--out", str(out)), "--data")
+    assert not out.exists()
