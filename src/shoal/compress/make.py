@@ -19,10 +19,13 @@ from shoal.io import check_can_create_dir, sha256_file
 
 def compress_model(source: Path, out: Path, quantize: str | None = None, group_size: int = 32,
                    prune: str | None = None, sparsity: float = 0.5, scope: str = "global", data: list[str] | None = None,
-                   device: str = "auto") -> dict[str, Any]:
-    """Prune and/or quantize `source` into the bundle `out`; returns the steps taken, the parameter counts and the
-    weights' bytes before (in the precision of the result) and after."""
+                   device: str = "auto", dtype: str = "keep") -> dict[str, Any]:
+    """Prune and/or quantize `source` into the bundle `out` (`dtype` bf16 stores an unquantized result in bf16; keep
+    leaves it in its parent's precision); returns the steps taken, the parameter counts and the weights' bytes before
+    (in the precision of the result) and after."""
     target = resolve_device(device)
+    if dtype not in ("keep", "bf16"):
+        raise ShoalError(f"--dtype must be keep or bf16, got {dtype!r}")
     if not (quantize or prune):
         raise ShoalError("say what to do: --quantize METHOD and/or --prune METHOD")
     if quantize:
@@ -35,6 +38,8 @@ def compress_model(source: Path, out: Path, quantize: str | None = None, group_s
         raise ShoalError(f"{source} is already quantized ({loaded.info['quantization']['method']}); compress the "
                          "original model")
     # The parent's size in the precision the result is stored in: bf16 under quantization, else its own.
+    if dtype == "bf16":
+        loaded.model.to(torch.bfloat16)
     element = 2 if quantize else loaded.model.tok_embeddings.weight.element_size()
     parent_bytes = loaded.model.num_params() * element
     model, steps = loaded.model, []
