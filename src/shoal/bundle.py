@@ -42,7 +42,10 @@ class LoadedModel:
 
 def _model_from_state(model_cfg: ModelConfig, state: dict[str, torch.Tensor]) -> Transformer:
     model = Transformer(model_cfg)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shapes that disagree with the config
+        raise CheckpointError(f"weights do not match the model config: {str(e).splitlines()[-1].strip()}") from None
     # A tied lm head is stored once (safetensors refuses shared tensors); anything else missing is an error.
     missing = [k for k in missing if not (model_cfg.tie_embeddings and k == "output.weight")]
     if missing or unexpected:

@@ -81,6 +81,15 @@ def test_a_damaged_quantized_bundle_is_refused(trained_run, tmp_path):
     manifest["files"] = describe_files(bundle, list(manifest["files"]))
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     assert_one_line_error(shoal("generate", str(bundle), "def"), "metadata")
+    mismatched = tmp_path / "mismatched"
+    assert shoal("compress", str(trained_run), "--quantize", "int8-wo", "--out", str(mismatched)).returncode == 0
+    config = json.loads((mismatched / "config.json").read_text())
+    config["model"]["d_ff"] += 64  # a config that disagrees with the weights, checksums made to match
+    (mismatched / "config.json").write_text(json.dumps(config))
+    manifest = json.loads((mismatched / "manifest.json").read_text())
+    manifest["files"] = describe_files(mismatched, list(manifest["files"]))
+    (mismatched / "manifest.json").write_text(json.dumps(manifest))
+    assert_one_line_error(shoal("generate", str(mismatched), "def"), "do not match the model config")
     config = json.loads((bundle / "config.json").read_text())
     config["quantization"]["method"] = "int2"
     (bundle / "config.json").write_text(json.dumps(config))

@@ -91,7 +91,11 @@ def load_quantized(model: Transformer, tensors: dict[str, torch.Tensor], metadat
     except (KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
         raise ShoalError(f"the quantized weights' metadata is not torchao's ({type(e).__name__}: {e})") from None
     state = state[0] if isinstance(state, tuple) else state  # newer torchao also returns the keys it left alone
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as e:  # shapes that disagree with the config
+        raise ShoalError(f"the quantized weights do not match the model config: {str(e).splitlines()[-1].strip()}"
+                         ) from None
     missing = [k for k in missing if not (model.config.tie_embeddings and k == "output.weight")]
     if missing or unexpected:
         raise ShoalError(f"the quantized weights do not match the model config (missing {missing[:3]}, unexpected "
