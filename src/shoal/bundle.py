@@ -24,6 +24,7 @@ from shoal.config import ModelConfig, config_from_dict, model_config_from_dict
 from shoal.data.governance.card import CARD_FILE
 from shoal.data.tokenizer import load_tokenizer
 from shoal.errors import CheckpointError, ShoalError
+from shoal.hardware import pick_device
 from shoal.io import atomic_write_json, describe_files, ensure_writable_dir, find_file_problem
 from shoal.models.transformer import Transformer
 from shoal.train.checkpoint import CheckpointManager, read_facts
@@ -41,7 +42,7 @@ class LoadedModel:
 
 
 def _model_from_state(model_cfg: ModelConfig, state: dict[str, torch.Tensor]) -> Transformer:
-    model = Transformer(model_cfg)
+    model = Transformer(model_cfg).to(state["tok_embeddings.weight"].dtype)  # in the precision it was stored in
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shapes that disagree with the config
@@ -107,29 +108,20 @@ def load_bundle(path: str | Path) -> LoadedModel:
 def load_model(path: str | Path, device: str = "auto") -> LoadedModel:
     """A run folder or an exported bundle, on `device` (auto: the GPU when there is one)."""
     path = Path(path)
-    target = resolve_device(device)
+    target = pick_device(device, "--device")
     if (path / "manifest.json").is_file():
         loaded = load_bundle(path)
     elif (path / "checkpoints").is_dir():
         loaded = load_run(path)
     else:
         raise ShoalError(f"{path} is neither a run folder (with checkpoints/) nor a bundle (with manifest.json)")
-    made_for = (loaded.info.get("quantization") or {}).get("device", "cpu")
-    if made_for == "cuda" and target.type != "cuda":
-        raise ShoalError(f"{path} was quantized for a GPU ({loaded.info['quantization']['method']}, a GPU-only "
-                         "layout); load it on a GPU or quantize the original on this machine")
+    quantization = loaded.info.get("quantization")
+    if quantization:
+        from shoal.compress.quantize import check_runs_here
+
+        check_runs_here(quantization, target, path)
     loaded.model.to(target)
     return loaded
-
-
-def resolve_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ShoalError("--device cuda, but no CUDA GPU is visible")
-    if requested not in ("cpu", "cuda"):
-        raise ShoalError(f"--device must be auto, cpu or cuda, got {requested!r}")
-    return torch.device(requested)
 
 
 def export_bundle(run_dir: str | Path, out_dir: str | Path) -> Path:

@@ -25,9 +25,12 @@ CUDA_BF16_PEAK_FLOPS = {
 }
 
 
-def pick_device(requested: str) -> torch.device:
+def pick_device(requested: str, key: str = "config key 'train.device'") -> torch.device:
+    """auto: the GPU when there is one. `key` names the setting in the error (a config key or a command option)."""
+    if requested not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"{key} must be auto, cpu or cuda, got {requested!r}")
     if requested == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("config key 'train.device' is cuda but no CUDA GPU is visible; use train.device=auto or cpu")
+        raise ConfigError(f"{key} is cuda but no CUDA GPU is visible; use auto or cpu")
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(requested)

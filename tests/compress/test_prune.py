@@ -70,6 +70,9 @@ def test_the_cli_prunes_and_quantizes_into_bundles(trained_run, tmp_path):
     assert [s["method"] for s in steps] == ["prune-channels", "int8-wo"]
     (sequence,) = Engine(loaded.model, max_batch=1).run([Request([3, 4], 6)])
     assert len(sequence.tokens) == 6
+    half = tmp_path / "half"
+    compress_model(trained_run, half, prune="channels", sparsity=0.5, dtype="bf16")
+    assert load_model(half).model.tok_embeddings.weight.dtype == torch.bfloat16  # loads as it was stored
     zeros = tmp_path / "zeros"
     assert shoal("compress", str(trained_run), "--prune", "magnitude", "--sparsity", "0.3", "--out",
                  str(zeros)).returncode == 0
@@ -83,7 +86,8 @@ def test_bad_pruning_requests_write_nothing(trained_run, tmp_path):
     bundle = tmp_path / "bundle"
     assert shoal("export", str(trained_run), "--out", str(bundle)).returncode == 0
     for kwargs, words in (({"prune": "heads"}, "unknown pruning"), ({"prune": "magnitude", "sparsity": 1.5}, "--sparsity"),
-                          ({"prune": "magnitude", "scope": "row"}, "--prune-scope"), ({}, "say what to do")):
+                          ({"prune": "magnitude", "scope": "row"}, "--prune-scope"), ({}, "say what to do"),
+                          ({"prune": "channels", "sparsity": 0.01}, "removes none")):
         with pytest.raises(ShoalError, match=words):
             compress_model(trained_run, out, **kwargs)
     assert_one_line_error(shoal("compress", str(bundle), "--prune", "channels", "--out", str(out)), "--data")

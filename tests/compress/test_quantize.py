@@ -61,7 +61,8 @@ def test_bad_requests_write_nothing(trained_run, tmp_path):
     out = tmp_path / "never"
     for kwargs, words in (({"quantize": "int3"}, "unknown quantization"), ({"quantize": "fp8"}, "fp8 needs a GPU"),
                           ({"quantize": "int4-wo", "group_size": 48}, "--group-size"),
-                          ({"quantize": "int8-wo", "device": "cuda"}, "no CUDA GPU")):
+                          ({"quantize": "int8-wo", "device": "cuda"}, "no CUDA GPU"),
+                          ({"quantize": "int4-wo", "group_size": 128}, "do not divide")):  # d_ff is 192
         with pytest.raises(ShoalError, match=words):
             compress_model(trained_run, out, **kwargs)
     assert_one_line_error(shoal("compress", str(trained_run), "--quantize", "fp8", "--out", str(out)), "fp8 needs")

@@ -25,12 +25,12 @@ def row(size: float, speed: float, cost: float, verdict: str = "pass") -> dict:
 
 
 def test_recommendations_take_only_variants_within_the_margin_and_clear_gains():
-    rows = {"original (bf16)": row(10, 100, 1.0), "small": row(5, 105, 0.95), "smaller but worse": row(2, 200, 0.1,
+    rows = {"original": row(10, 100, 1.0), "small": row(5, 105, 0.95), "smaller but worse": row(2, 200, 0.1,
                                                                                                       "regression"),
             "unsure": row(1, 300, 0.05, "inconclusive"), "fast": row(9, 150, 0.99)}
     picks = {target.split(" ")[0]: r["variant"] for target, r in recommend(rows).items()}
     # The smallest that passed; the fastest, clearly (+50%); cheapest: "small" saves only 5%, under the 10% bar.
-    assert picks == {"smallest": "small", "lowest": "fast", "cheapest": "original (bf16)"}
+    assert picks == {"smallest": "small", "lowest": "fast", "cheapest": "original"}
 
 
 def test_a_sweep_of_two_variants(trained_run, tmp_path):
@@ -38,7 +38,7 @@ def test_a_sweep_of_two_variants(trained_run, tmp_path):
     result = run_sweep(trained_run, out, [str(STDLIB / "json"), str(STDLIB / "email" / "mime")], max_loss=0.01,
                        device="cpu", progress=False, variants=("int8-wo", "channels-50%"))
     write_sweep(result, out)
-    assert json.loads((out / "sweep.json").read_text())["variants"].keys() == {"original (bf16)", "int8-wo",
+    assert json.loads((out / "sweep.json").read_text())["variants"].keys() == {"original", "int8-wo",
                                                                                 "channels-50%"}
     assert (out / "pareto.png").stat().st_size > 10_000 and "## Recommendations" in (out / "sweep.md").read_text()
     assert (out / "variants" / "int8-wo" / "manifest.json").is_file()

@@ -38,14 +38,14 @@ def compress(model: Annotated[Path, typer.Argument(help="Run folder or bundle to
 
         if quantize or prune or not 0 < max_loss < 1:
             raise ShoalError("--sweep builds its own variants (no --quantize / --prune) and needs 0 < --max-loss < 1")
-        target = out or model.with_name(f"{model.resolve().name}-sweep")
+        target = out or model.resolve().with_name(f"{model.resolve().name}-sweep")
         result = run_sweep(model, target, data or [], max_loss, hardware, device=device)
         write_sweep(result, target)
         typer.echo("\n".join(f"{goal}: {r['summary']}" for goal, r in result["recommendations"].items())
                    + f"\nreport in {target}/sweep.md, variants in {target}/variants/")
         return
     label = "-".join(x for x in (prune and f"{prune}{round(sparsity * 100)}", quantize) if x) or "compressed"
-    target = out or model.with_name(f"{model.resolve().name}-{label}")
+    target = out or model.resolve().with_name(f"{model.resolve().name}-{label}")
     summary = compress_model(model, target, quantize, group_size, prune, sparsity, prune_scope, data or [], device,
                              "bf16" if bf16 else "keep")
     before, after = summary["parameters"]

@@ -8,12 +8,13 @@ from typing import Any
 
 import torch
 
-from shoal.bundle import load_model, resolve_device, save_bundle
+from shoal.bundle import load_model, save_bundle
 from shoal.compress.prune import check_pruning, magnitude_prune, prune_channels
-from shoal.compress.quantize import check_method, quantize_model
+from shoal.compress.quantize import check_method, gpu_only, quantize_model
 from shoal.data.governance.card import CARD_FILE
 from shoal.errors import ShoalError
 from shoal.eval.data import evaluation_documents
+from shoal.hardware import pick_device
 from shoal.io import check_can_create_dir, sha256_file
 
 
@@ -23,7 +24,7 @@ def compress_model(source: Path, out: Path, quantize: str | None = None, group_s
     """Prune and/or quantize `source` into the bundle `out` (`dtype` bf16 stores an unquantized result in bf16; keep
     leaves it in its parent's precision); returns the steps taken, the parameter counts and the weights' bytes before
     (in the precision of the result) and after."""
-    target = resolve_device(device)
+    target = pick_device(device, "--device")
     if dtype not in ("keep", "bf16"):
         raise ShoalError(f"--dtype must be keep or bf16, got {dtype!r}")
     if not (quantize or prune):
@@ -58,7 +59,8 @@ def compress_model(source: Path, out: Path, quantize: str | None = None, group_s
     if quantize:
         settings = {"group_size": group_size} if quantize == "int4-wo" else {}
         quantize_model(model, quantize, group_size)
-        quantization = {"method": quantize, "settings": settings, "dtype": "bf16", "device": target.type}
+        quantization = {"method": quantize, "settings": settings, "dtype": "bf16",
+                        "device": "cuda" if gpu_only(quantize, target) else "any"}
         steps.append({"method": quantize, "settings": settings})
     parent = {k: v for k, v in loaded.info.items() if k != "config"}
     weights = source / "model.safetensors"

@@ -66,7 +66,9 @@ def prune_channels(model: Transformer, fraction: float, calibration: list[torch.
     if not all(isinstance(f, FeedForward) for f in layers):
         raise ShoalError("channel pruning covers dense feed-forward layers; this is a mixture-of-experts model")
     d_ff = model.config.d_ff
-    keep = max(8, int(round(d_ff * (1 - fraction) / 8)) * 8)
+    keep = min(max(8, int(round(d_ff * (1 - fraction) / 8)) * 8), d_ff)
+    if keep >= d_ff:
+        raise ShoalError(f"pruning {fraction:.0%} of {d_ff} channels, kept a multiple of 8, removes none; prune more")
     activity = [torch.zeros(d_ff) for _ in layers]
 
     def recorder(index: int):

@@ -45,14 +45,38 @@ def check_method(method: str, group_size: int, device: torch.device) -> None:
         raise ShoalError(f"unknown quantization {method!r}; choose one of {', '.join(METHODS)}")
     if group_size not in GROUP_SIZES:
         raise ShoalError(f"--group-size must be one of {', '.join(map(str, GROUP_SIZES))}, got {group_size}")
-    if method == "fp8" and not (device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)):
+    if method == "fp8" and not has_fp8(device):
         raise ShoalError("fp8 needs a GPU with float8 (compute capability 8.9 or newer: L4, H100, ...)")
+
+
+def has_fp8(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def gpu_only(method: str, device: torch.device) -> bool:
+    """Layouts that only a GPU can run: fp8, and int4 in torchao's tile-packed GPU layout."""
+    return method == "fp8" or (method == "int4-wo" and device.type == "cuda")
+
+
+def check_runs_here(quantization: dict[str, Any], device: torch.device, path: Any) -> None:
+    """A one-line error for a quantized bundle this device cannot run."""
+    method = quantization.get("method")
+    if quantization.get("device") == "cuda" and device.type != "cuda":
+        raise ShoalError(f"{path} was quantized for a GPU ({method}, a GPU-only layout); load it on a GPU or "
+                         "quantize the original on this machine")
+    if method == "fp8" and not has_fp8(device):
+        raise ShoalError(f"{path} is fp8, which needs a GPU with float8 (compute capability 8.9 or newer)")
 
 
 def quantize_model(model: Transformer, method: str, group_size: int = 32) -> Transformer:
     """Quantize `model` in place (converted to bf16 first) and return it."""
     device = model.tok_embeddings.weight.device
     check_method(method, group_size, device)
+    if method == "int4-wo":
+        narrow = sorted({m.in_features for m in _targets(model) if m.in_features % group_size})
+        if narrow:
+            raise ShoalError(f"int4-wo groups of {group_size} do not divide the input width of every layer "
+                             f"({', '.join(map(str, narrow))}); choose a --group-size that does")
     q = _torchao()
     model.to(torch.bfloat16).eval()
     if method == "int8-wo":
@@ -69,6 +93,10 @@ def quantize_model(model: Transformer, method: str, group_size: int = 32) -> Tra
         config = q.Float8DynamicActivationFloat8WeightConfig()
     q.quantize_(model, config, filter_fn=lambda module, name: isinstance(module, torch.nn.Linear) and name != "output")
     return model
+
+
+def _targets(model: Transformer) -> list[torch.nn.Linear]:
+    return [m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and name != "output"]
 
 
 def quantized_state(model: Transformer) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

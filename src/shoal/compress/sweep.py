@@ -16,9 +16,11 @@ from typing import Any
 
 import torch
 
-from shoal.bundle import load_model, resolve_device
+from shoal.bundle import load_model
 from shoal.compress.make import compress_model
+from shoal.compress.quantize import has_fp8
 from shoal.data.progress import PhaseProgress
+from shoal.errors import ShoalError
 from shoal.eval.cost import usd_per_million
 from shoal.eval.data import evaluation_documents
 from shoal.eval.efficiency import measure_efficiency
@@ -26,6 +28,7 @@ from shoal.eval.gate import compare_scores
 from shoal.eval.metrics import bits_per_byte
 from shoal.eval.scoring import Scores, score_documents
 from shoal.eval.suite import check_options
+from shoal.hardware import pick_device
 from shoal.io import check_can_create_dir
 
 VARIANTS = {  # name: compress_model options
@@ -43,9 +46,11 @@ BATCH = 32  # the batched decode measured for throughput and cost
 def run_sweep(source: Path, out: Path, data: list[str], max_loss: float = 0.01, hardware: str | None = None,
               prices: Path | None = None, device: str = "auto", progress: bool = True,
               variants: tuple[str, ...] = tuple(VARIANTS)) -> dict[str, Any]:
-    target = resolve_device(device)
+    target = pick_device(device, "--device")
     price_table, row = check_options("default", hardware, prices, 1, "auto", target.type)
     check_can_create_dir(out)
+    if out.exists() and any(out.iterdir()):
+        raise ShoalError(f"the sweep folder {out} is not empty; choose another --out or remove it")
     original = load_model(source, str(target))
     description, documents = evaluation_documents(original, data)
     documents = list(documents)
@@ -57,9 +62,9 @@ def run_sweep(source: Path, out: Path, data: list[str], max_loss: float = 0.01, 
         baseline = score_documents(original.model, original.tokenizer, documents, on_bytes=bar.advance)
         margin = max_loss * _bpb(baseline)
         served = copy.deepcopy(original.model).to(torch.bfloat16)
-        rows = {"original (bf16)": _measure(served, baseline, baseline, margin, _bf16_bytes(original.model), hourly)}
+        rows = {"original": _measure(served, baseline, baseline, margin, _bf16_bytes(original.model), hourly)}
         for name, options in ((n, VARIANTS[n]) for n in variants):
-            if options.get("quantize") == "fp8" and not _has_fp8(target):
+            if options.get("quantize") == "fp8" and not has_fp8(target):
                 skipped[name] = "needs a GPU with float8"
                 continue
             bar.phase(f"{name}: compressing", 1)
@@ -120,7 +125,3 @@ def _bpb(scores: Scores) -> float:
 
 def _bf16_bytes(model) -> int:
     return model.num_params() * 2
-
-
-def _has_fp8(device: torch.device) -> bool:
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)

@@ -74,7 +74,10 @@ class Completion:
         """Yield each new piece of text as it becomes final; events that arrived together give one piece."""
         while True:
             try:
-                first = await asyncio.wait_for(events.get(), max(self.deadline - time.monotonic(), 0.001))
+                left = self.deadline - time.monotonic()
+                if left <= 0:  # also when events are waiting: a slow loop must not outlive the deadline
+                    raise asyncio.TimeoutError
+                first = await asyncio.wait_for(events.get(), left)
             except asyncio.TimeoutError:
                 self.timed_out, self.finish_reason = True, "length"
                 self.cancel()
