@@ -27,7 +27,6 @@ from shoal.data.prepare import prepare_dataset
 from shoal.data.sources import iter_documents, resolve_sources
 from shoal.data.tokenizer import load_tokenizer
 from shoal.eval.efficiency import measure_efficiency
-from shoal.eval.metrics import bits_per_byte
 from shoal.eval.scoring import score_documents
 from shoal.models.transformer import Transformer, resolve_model_config
 
@@ -58,7 +57,7 @@ def measure(loaded, documents: list[tuple[str, str]], size: int, speed: bool = T
     three measurements (these 2 cores are shared: the best is the least disturbed)."""
     scores = score_documents(loaded.model, loaded.tokenizer, documents)
     row = {"parameters": loaded.model.num_params(), "bytes": size,
-           "bits_per_byte": bits_per_byte(sum(scores.nats), sum(scores.bytes))}
+           "bits_per_byte": scores.bits_per_byte()}
     if speed:
         runs = [measure_efficiency(loaded.model.to(torch.bfloat16), batch_sizes=BATCHES, repeats=3)["throughput"]
                 for _ in range(3)]

@@ -92,3 +92,8 @@ def test_bad_pruning_requests_write_nothing(trained_run, tmp_path):
             compress_model(trained_run, out, **kwargs)
     assert_one_line_error(shoal("compress", str(bundle), "--prune", "channels", "--out", str(out)), "--data")
     assert not out.exists()
+    # From a bundle, the lineage names its parent's weights by the checksum its manifest holds.
+    compress_model(bundle, tmp_path / "from-bundle", "int8-wo")
+    lineage = json.loads((tmp_path / "from-bundle" / "config.json").read_text())["provenance"]["lineage"]
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert lineage["parent_weights_sha256"] == manifest["files"]["model.safetensors"]["sha256"]

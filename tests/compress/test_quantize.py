@@ -12,7 +12,6 @@ from shoal.bundle import load_model
 from shoal.compress.make import compress_model
 from shoal.errors import ShoalError
 from shoal.eval.data import evaluation_documents
-from shoal.eval.metrics import bits_per_byte
 from shoal.eval.scoring import score_documents
 from shoal.io import describe_files
 from shoal.serve.engine import Engine, Request
@@ -30,8 +29,7 @@ def documents(trained_run):
 
 
 def bpb(loaded, documents) -> float:
-    scores = score_documents(loaded.model, loaded.tokenizer, documents)
-    return bits_per_byte(sum(scores.nats), sum(scores.bytes))
+    return score_documents(loaded.model, loaded.tokenizer, documents).bits_per_byte()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from shoal.data.governance.card import CARD_FILE
 from shoal.errors import ShoalError
 from shoal.eval.data import evaluation_documents
 from shoal.hardware import pick_device
-from shoal.io import check_can_create_dir, sha256_file
+from shoal.io import check_can_create_dir
 
 
 def compress_model(source: Path, out: Path, quantize: str | None = None, group_size: int = 32,
@@ -63,9 +63,11 @@ def compress_model(source: Path, out: Path, quantize: str | None = None, group_s
                         "device": "cuda" if gpu_only(quantize, target) else "any"}
         steps.append({"method": quantize, "settings": settings})
     parent = {k: v for k, v in loaded.info.items() if k != "config"}
-    weights = source / "model.safetensors"
+    manifest = source / "manifest.json"  # a bundle's: its weights' checksum, verified when it loaded
+    weights_sha256 = json.loads(manifest.read_text())["files"]["model.safetensors"]["sha256"] if manifest.is_file() \
+        else None
     lineage = {"parent": str(source), "parent_provenance": parent, "steps": steps,
-               "parent_weights_sha256": sha256_file(weights) if weights.is_file() else None}
+               "parent_weights_sha256": weights_sha256}
     provenance = {"lineage": lineage, **{k: parent[k] for k in ("step", "dataset_fingerprint") if k in parent}}
     card = source / CARD_FILE
     save_bundle(model, loaded.tokenizer, out, provenance, _training_config(source, loaded.info),

@@ -25,7 +25,6 @@ from shoal.eval.cost import usd_per_million
 from shoal.eval.data import evaluation_documents
 from shoal.eval.efficiency import measure_efficiency
 from shoal.eval.gate import compare_scores
-from shoal.eval.metrics import bits_per_byte
 from shoal.eval.scoring import Scores, score_documents
 from shoal.eval.suite import check_options
 from shoal.hardware import pick_device
@@ -60,9 +59,9 @@ def run_sweep(source: Path, out: Path, data: list[str], max_loss: float = 0.01, 
     with PhaseProgress(progress) as bar:
         bar.phase("scoring the original", total)
         baseline = score_documents(original.model, original.tokenizer, documents, on_bytes=bar.advance)
-        margin = max_loss * _bpb(baseline)
+        margin = max_loss * baseline.bits_per_byte()
         served = copy.deepcopy(original.model).to(torch.bfloat16)
-        rows = {"original": _measure(served, baseline, baseline, margin, _bf16_bytes(original.model), hourly)}
+        rows = {"original": _measure(served, baseline, baseline, margin, original.model.num_params() * 2, hourly)}
         for name, options in ((n, VARIANTS[n]) for n in variants):
             if options.get("quantize") == "fp8" and not has_fp8(target):
                 skipped[name] = "needs a GPU with float8"
@@ -117,11 +116,3 @@ def describe(name: str, r: dict[str, Any]) -> str:
     return (f"{name}: fits in {r['bytes'] / 1e6:.1f} MB, {r['decode_tokens_per_second']:,.0f} tokens/s at batch 1 "
             f"and {r['batched_tokens_per_second']:,.0f} at batch {BATCH} here (${r['usd_per_million_batched']:.3f}/M "
             f"tokens), {r['bits_per_byte_change_percent']:+.2f}% bits per byte")
-
-
-def _bpb(scores: Scores) -> float:
-    return bits_per_byte(sum(scores.nats), sum(scores.bytes))
-
-
-def _bf16_bytes(model) -> int:
-    return model.num_params() * 2

@@ -19,6 +19,7 @@ from tokenizers import Tokenizer
 
 from shoal.data.tokenizer import eot_id
 from shoal.errors import ShoalError
+from shoal.eval.metrics import bits_per_byte
 from shoal.models.transformer import Transformer
 
 
@@ -37,6 +38,10 @@ class Scores:
 
     def array(self, name: str) -> np.ndarray:
         return np.asarray(getattr(self, name), dtype=np.float64)
+
+    def bits_per_byte(self) -> float:
+        """Over all the documents together."""
+        return bits_per_byte(sum(self.nats), sum(self.bytes))
 
 
 @torch.no_grad()
