@@ -48,6 +48,7 @@ class ModelConfig:
     n_layers: int = 4
     n_heads: int = 4
     n_kv_heads: int = 0  # 0: same as n_heads (multi-head attention); fewer: grouped-query
+    head_dim: int = 0  # 0: d_model // n_heads; set when heads were pruned away
     d_ff: int = 0  # 0: SwiGLU default, 8/3 * d_model rounded up to a multiple of 64
     max_seq_len: int = 256
     rope_theta: float = 10000.0
@@ -280,10 +281,12 @@ def validate(cfg: Config) -> None:
                        ("parallel.dp_replicate", p.dp_replicate), ("parallel.tp", p.tp),
                        ("logging.log_every", cfg.logging.log_every)]:
         _require(value > 0, f"config key '{key}' must be a positive integer, got {value}")
-    _require(m.d_model % m.n_heads == 0,
-             f"config key 'model.n_heads' ({m.n_heads}) must divide model.d_model ({m.d_model})")
-    _require((m.d_model // m.n_heads) % 2 == 0,
-             f"config key 'model.n_heads' gives head size {m.d_model // m.n_heads}; rotary embeddings need an even head size")
+    if m.head_dim == 0:
+        _require(m.d_model % m.n_heads == 0,
+                 f"config key 'model.n_heads' ({m.n_heads}) must divide model.d_model ({m.d_model})")
+    head_dim = m.head_dim or m.d_model // m.n_heads
+    _require(head_dim > 0 and head_dim % 2 == 0,
+             f"the head size is {head_dim} (model.head_dim, or d_model / n_heads); rotary embeddings need it even")
     kv_heads = m.n_kv_heads or m.n_heads
     _require(0 < kv_heads <= m.n_heads and m.n_heads % kv_heads == 0,
              f"config key 'model.n_kv_heads' ({m.n_kv_heads}) must divide model.n_heads ({m.n_heads})")

@@ -1,6 +1,7 @@
-"""Pruning: magnitude pruning zeroes exactly the smallest weights; channel pruning keeps the channels that matter (a
-model whose removed channels were silent computes exactly what it did), shrinks the matrices and the parameter count;
-the CLI writes bundles that load and generate, and refuses bad requests in one line."""
+"""Pruning: magnitude and 2:4 pruning zero exactly the smallest weights; channel and head pruning keep the units that
+matter (a model whose removed channels or heads were silent computes exactly what it did), shrink the matrices, the
+parameter count and the KV cache; the CLI writes bundles that load and generate, and refuses bad requests in one
+line."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import torch
 
 from shoal.bundle import load_model
 from shoal.compress.make import compress_model
-from shoal.compress.prune import block_linears, magnitude_prune, prune_channels
+from shoal.compress.prune import block_linears, is_2_4_sparse, magnitude_prune, prune_2_4
+from shoal.compress.structured import head_layout, prune_channels, prune_heads
 from shoal.config import ModelConfig
 from shoal.errors import ShoalError
 from shoal.models.transformer import Transformer, resolve_model_config
@@ -58,6 +60,46 @@ def test_channel_pruning_removes_silent_channels_without_changing_the_output():
         assert torch.allclose(pruned(ids), model(ids), atol=1e-5)
 
 
+def test_2_4_pruning_zeroes_the_two_smallest_of_every_four_inputs():
+    model = small_model()
+    before = [m.weight.clone() for m in block_linears(model)]
+    assert prune_2_4(model) == pytest.approx(0.5)
+    for original, module in zip(before, block_linears(model)):
+        assert is_2_4_sparse(module.weight) and not is_2_4_sparse(original)
+        groups, kept = original.view(-1, 4).abs(), module.weight.view(-1, 4) != 0
+        assert torch.equal(kept.sum(-1), torch.full((groups.shape[0],), 2))
+        assert (groups.masked_fill(~kept, float("inf")).min(-1).values
+                >= groups.masked_fill(kept, float("-inf")).max(-1).values).all()
+
+
+def test_head_layouts_keep_grouped_query_attention_even():
+    # (key/value heads kept, query heads per key/value head)
+    assert head_layout(4, 2, 0.5) == (2, 1)  # one query head of each group, the KV cache stays
+    assert head_layout(8, 2, 0.25) == (2, 3)
+    assert head_layout(8, 8, 0.5) == (4, 1)
+    assert head_layout(4, 4, 0.25) == (3, 1)
+    assert head_layout(4, 2, 0.75) == (1, 1)
+    with pytest.raises(ShoalError, match="none to prune"):
+        head_layout(1, 1, 0.5)
+
+
+def test_head_pruning_removes_silent_heads_without_changing_the_output():
+    model = small_model()
+    head_dim = model.head_dim
+    with torch.no_grad():
+        for block in model.layers:  # query head 1 (group 0) and 2 (group 1) write nothing
+            for head in (1, 2):
+                block.attention.wo.weight[:, head * head_dim:(head + 1) * head_dim] = 0
+    ids = torch.randint(0, 50, (2, 32), generator=torch.Generator().manual_seed(1))
+    pruned = prune_heads(model, 0.5, [ids[0], ids[1]])
+    assert (pruned.config.n_heads, pruned.config.n_kv_heads, pruned.head_dim) == (2, 2, head_dim)
+    assert model.num_params() - pruned.num_params() == 2 * 2 * 32 * 2 * head_dim  # wq rows and wo columns
+    with torch.no_grad():
+        assert torch.allclose(pruned(ids), model(ids), atol=1e-5)
+    (sequence,) = Engine(pruned, max_batch=1).run([Request([3, 4], 5)])
+    assert len(sequence.tokens) == 5
+
+
 def test_the_cli_prunes_and_quantizes_into_bundles(trained_run, tmp_path):
     out = tmp_path / "pruned"
     result = shoal("compress", str(trained_run), "--prune", "channels", "--sparsity", "0.25", "--quantize", "int8-wo",
@@ -79,13 +121,22 @@ def test_the_cli_prunes_and_quantizes_into_bundles(trained_run, tmp_path):
     weights = block_linears(load_model(zeros).model)
     assert sum(int((m.weight == 0).sum()) for m in weights) / sum(m.weight.numel() for m in weights) == \
         pytest.approx(0.3, abs=0.01)
+    heads = tmp_path / "heads"
+    assert shoal("compress", str(trained_run), "--prune", "heads", "--sparsity", "0.5", "--out",
+                 str(heads)).returncode == 0
+    fewer = load_model(heads).model
+    assert (fewer.config.n_heads, fewer.config.n_kv_heads, fewer.head_dim) == (2, 2, 16)
+    sparse = tmp_path / "sparse"
+    compress_model(trained_run, sparse, prune="2:4", quantize="int8-wo")
+    steps = json.loads((sparse / "config.json").read_text())["provenance"]["lineage"]["steps"]
+    assert [s["method"] for s in steps] == ["prune-2:4", "int8-wo"] and steps[0]["zero_share"] == 0.5
 
 
 def test_bad_pruning_requests_write_nothing(trained_run, tmp_path):
     out = tmp_path / "never"
     bundle = tmp_path / "bundle"
     assert shoal("export", str(trained_run), "--out", str(bundle)).returncode == 0
-    for kwargs, words in (({"prune": "heads"}, "unknown pruning"), ({"prune": "magnitude", "sparsity": 1.5}, "--sparsity"),
+    for kwargs, words in (({"prune": "rows"}, "unknown pruning"), ({"prune": "magnitude", "sparsity": 1.5}, "--sparsity"),
                           ({"prune": "magnitude", "scope": "row"}, "--prune-scope"), ({}, "say what to do"),
                           ({"prune": "channels", "sparsity": 0.01}, "removes none")):
         with pytest.raises(ShoalError, match=words):

@@ -41,6 +41,10 @@ def test_unresolved_or_bad_config_is_refused():
         Transformer(ModelConfig())
     with pytest.raises(ValueError, match="n_kv_heads"):
         Transformer(ModelConfig(vocab_size=64, d_model=32, n_heads=4, n_kv_heads=3))
+    # A head size of its own (what head pruning leaves): 3 heads of 16 on a 40-wide residual stream.
+    model = Transformer(resolve_model_config(ModelConfig(vocab_size=64, d_model=40, n_heads=3, head_dim=16), 64))
+    assert model.layers[0].attention.wq.weight.shape == (48, 40) and model(torch.zeros(1, 5, dtype=torch.long)).shape \
+        == (1, 5, 64)
 
 
 def test_forward_shape_and_state_dict_holds_only_parameters():

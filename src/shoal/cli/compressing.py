@@ -15,11 +15,13 @@ from shoal.errors import ShoalError
 def compress(model: Annotated[Path, typer.Argument(help="Run folder or bundle to compress.")],
              quantize: Annotated[str | None, typer.Option(help="int8-wo, int8-dyn, int4-wo or fp8 (GPU).")] = None,
              group_size: Annotated[int, typer.Option(help="int4-wo: weights per scale (32, 64, 128, 256).")] = 32,
-             prune: Annotated[str | None, typer.Option(help="magnitude (zeros) or channels (smaller matrices).")] = None,
-             sparsity: Annotated[float, typer.Option(help="Share of weights (or channels) pruned.")] = 0.5,
+             prune: Annotated[str | None, typer.Option(
+                 help="magnitude or 2:4 (zeros), channels or heads (smaller matrices).")] = None,
+             sparsity: Annotated[float, typer.Option(
+                 help="Share of weights, channels or heads pruned (2:4: always half).")] = 0.5,
              prune_scope: Annotated[str, typer.Option(help="magnitude: global or per layer.")] = "global",
              data: Annotated[list[str] | None, typer.Option(
-                 help="Calibration text for channels (default: a run's validation split).")] = None,
+                 help="Calibration text for channels and heads (default: a run's validation split).")] = None,
              device: Annotated[str, typer.Option(help="Where the bundle will run: auto, cpu or cuda.")] = "auto",
              bf16: Annotated[bool, typer.Option(help="Store a pruned-only result in bf16.")] = False,
              sweep: Annotated[bool, typer.Option(help="Build and measure a set of variants; recommend one per "
@@ -44,7 +46,8 @@ def compress(model: Annotated[Path, typer.Argument(help="Run folder or bundle to
         typer.echo("\n".join(f"{goal}: {r['summary']}" for goal, r in result["recommendations"].items())
                    + f"\nreport in {target}/sweep.md, variants in {target}/variants/")
         return
-    label = "-".join(x for x in (prune and f"{prune}{round(sparsity * 100)}", quantize) if x) or "compressed"
+    pruned = prune and ("sparse24" if prune == "2:4" else f"{prune}{round(sparsity * 100)}")
+    label = "-".join(x for x in (pruned, quantize) if x) or "compressed"
     target = out or model.resolve().with_name(f"{model.resolve().name}-{label}")
     summary = compress_model(model, target, quantize, group_size, prune, sparsity, prune_scope, data or [], device,
                              "bf16" if bf16 else "keep")

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from shoal.bundle import load_model, save_bundle
-from shoal.compress.prune import check_pruning, magnitude_prune, prune_channels
+from shoal.compress.prune import check_pruning, magnitude_prune, prune_2_4
 from shoal.compress.quantize import check_method, gpu_only, quantize_model
+from shoal.compress.structured import prune_channels, prune_heads
 from shoal.data.governance.card import CARD_FILE
 from shoal.errors import ShoalError
 from shoal.eval.data import evaluation_documents
 from shoal.hardware import pick_device
 from shoal.io import check_can_create_dir
+from shoal.models.transformer import Transformer
 
 
 def compress_model(source: Path, out: Path, quantize: str | None = None, group_size: int = 32,
@@ -46,15 +49,8 @@ def compress_model(source: Path, out: Path, quantize: str | None = None, group_s
     model, steps = loaded.model, []
     if prune:
         check_pruning(prune, sparsity, scope, model)
-        if prune == "magnitude":
-            achieved = magnitude_prune(model, sparsity, scope)
-            steps.append({"method": "prune-magnitude", "settings": {"sparsity": sparsity, "scope": scope},
-                          "zero_share": round(achieved, 4)})
-        else:
-            before = model.config.d_ff
-            model = prune_channels(model, sparsity, calibration(loaded, data or []))
-            steps.append({"method": "prune-channels", "settings": {"fraction": sparsity, "d_ff": [before,
-                                                                                                  model.config.d_ff]}})
+        model, step = _prune(model, prune, sparsity, scope, lambda: calibration(loaded, data or []))
+        steps.append(step)
     quantization = None
     if quantize:
         settings = {"group_size": group_size} if quantize == "int4-wo" else {}
@@ -77,9 +73,29 @@ def compress_model(source: Path, out: Path, quantize: str | None = None, group_s
             "dtype": "bf16" if quantize else str(model.tok_embeddings.weight.dtype).removeprefix("torch.")}
 
 
+def _prune(model: Transformer, method: str, sparsity: float, scope: str,
+           calibration_windows: Callable[[], list[torch.Tensor]]) -> tuple[Transformer, dict[str, Any]]:
+    """The pruned model and the lineage step that says what was done."""
+    if method == "magnitude":
+        zeros = magnitude_prune(model, sparsity, scope)
+        return model, {"method": "prune-magnitude", "settings": {"sparsity": sparsity, "scope": scope},
+                       "zero_share": round(zeros, 4)}
+    if method == "2:4":
+        return model, {"method": "prune-2:4", "settings": {}, "zero_share": round(prune_2_4(model), 4)}
+    cfg = model.config
+    if method == "channels":
+        model = prune_channels(model, sparsity, calibration_windows())
+        return model, {"method": "prune-channels", "settings": {"fraction": sparsity,
+                                                                "d_ff": [cfg.d_ff, model.config.d_ff]}}
+    model = prune_heads(model, sparsity, calibration_windows())
+    return model, {"method": "prune-heads", "settings": {"fraction": sparsity,
+                                                         "n_heads": [cfg.n_heads, model.config.n_heads],
+                                                         "n_kv_heads": [cfg.n_kv_heads, model.config.n_kv_heads]}}
+
+
 def calibration(loaded, data: list[str], windows: int = 16) -> list[torch.Tensor]:
     """Up to `windows` context-length token windows of the evaluation documents (the run's validation split, or
-    --data): what channel pruning measures activity on."""
+    --data): what structured pruning measures importance on."""
     _, documents = evaluation_documents(loaded, data)
     length, pieces = loaded.model.config.max_seq_len, []
     for _, text in documents:
@@ -88,7 +104,7 @@ def calibration(loaded, data: list[str], windows: int = 16) -> list[torch.Tensor
         if len(pieces) >= windows:
             break
     if not pieces:
-        raise ShoalError("no calibration text for channel pruning; point --data at documents")
+        raise ShoalError("no calibration text for structured pruning; point --data at documents")
     return pieces[:windows]
 
 

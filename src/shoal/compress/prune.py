@@ -1,26 +1,22 @@
-"""Pruning: unstructured magnitude pruning, and structured pruning of feed-forward channels that shrinks the matrices.
+"""Unstructured pruning: weights set to zero, matrices kept at their shape (structured pruning is in structured.py).
 
-- magnitude: the smallest weights of the blocks' linear layers set to zero, to a target sparsity over all of them
-  (global) or in each layer. The matrices keep their shape: this is for studying quality, or for kernels that skip
-  zeros; on its own it saves neither bytes nor time.
-- channels: a fraction of each block's SwiGLU hidden channels removed, the same number in every layer, so the model
-  stays a plain transformer with a smaller d_ff and runs faster everywhere. A channel's importance is its mean
-  absolute activation on calibration text times the norm of its output column (what it actually adds to the residual
-  stream), not its weights alone.
+- magnitude: the smallest weights of the blocks' linear layers, to a target sparsity over all of them (global) or in
+  each layer. On its own this saves neither bytes nor time: it is for studying quality, or for kernels that skip
+  zeros.
+- 2:4: in every run of 4 consecutive input weights of a row, the 2 smallest (50%). This is the pattern the sparse
+  tensor cores of NVIDIA GPUs since Ampere skip, so a 2:4 bundle loaded on such a GPU in half precision runs its
+  block layers as semi-structured sparse matrices; elsewhere it runs dense.
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 import torch
 from torch import nn
 
 from shoal.errors import ShoalError
-from shoal.models.mlp import FeedForward
 from shoal.models.transformer import Transformer
 
-PRUNE_METHODS = ("magnitude", "channels")
+PRUNE_METHODS = ("magnitude", "2:4", "channels", "heads")
 
 
 def check_pruning(method: str, sparsity: float, scope: str, model: Transformer | None = None) -> None:
@@ -30,6 +26,8 @@ def check_pruning(method: str, sparsity: float, scope: str, model: Transformer |
         raise ShoalError(f"--sparsity must be between 0 and 1 (the share removed), got {sparsity}")
     if scope not in ("global", "layer"):
         raise ShoalError(f"--prune-scope must be global or layer, got {scope!r}")
+    if method == "2:4" and model is not None and any(m.in_features % 4 for m in block_linears(model)):
+        raise ShoalError("2:4 sparsity needs input widths that are multiples of 4")
     if method == "channels" and model is not None and model.moe_layers():
         raise ShoalError("channel pruning covers dense feed-forward layers; this is a mixture-of-experts model")
 
@@ -60,38 +58,36 @@ def _threshold(magnitudes: torch.Tensor, sparsity: float) -> float:
 
 
 @torch.no_grad()
-def prune_channels(model: Transformer, fraction: float, calibration: list[torch.Tensor]) -> Transformer:
-    """A new model with `fraction` of each feed-forward layer's hidden channels removed (kept: a multiple of 8)."""
-    layers = [block.feed_forward for block in model.layers]
-    if not all(isinstance(f, FeedForward) for f in layers):
-        raise ShoalError("channel pruning covers dense feed-forward layers; this is a mixture-of-experts model")
-    d_ff = model.config.d_ff
-    keep = min(max(8, int(round(d_ff * (1 - fraction) / 8)) * 8), d_ff)
-    if keep >= d_ff:
-        raise ShoalError(f"pruning {fraction:.0%} of {d_ff} channels, kept a multiple of 8, removes none; prune more")
-    activity = [torch.zeros(d_ff) for _ in layers]
+def prune_2_4(model: Transformer) -> float:
+    """Zero the 2 smallest-magnitude weights of every 4 consecutive inputs; returns the share now zero."""
+    linears = block_linears(model)
+    for module in linears:
+        groups = module.weight.view(module.out_features, -1, 4)
+        smallest = groups.abs().float().topk(2, dim=-1, largest=False).indices
+        groups.scatter_(-1, smallest, 0.0)
+    return sum(int((m.weight == 0).sum()) for m in linears) / sum(m.weight.numel() for m in linears)
 
-    def recorder(index: int):
-        def hook(_: nn.Module, inputs: tuple[torch.Tensor]) -> None:
-            activity[index] += inputs[0].detach().abs().float().reshape(-1, d_ff).sum(0).cpu()
-        return hook
 
-    handles = [f.w2.register_forward_pre_hook(recorder(i)) for i, f in enumerate(layers)]
-    try:
-        model.eval()
-        for ids in calibration:
-            model(ids[None].to(model.tok_embeddings.weight.device))
-    finally:
-        for handle in handles:
-            handle.remove()
-    pruned = Transformer(dataclasses.replace(model.config, d_ff=keep)).to(model.tok_embeddings.weight)
-    state = model.state_dict()
-    for i, f in enumerate(layers):
-        importance = activity[i] * f.w2.weight.float().norm(dim=0).cpu()
-        kept = importance.topk(keep).indices.sort().values.to(f.w1.weight.device)
-        prefix = f"layers.{i}.feed_forward."
-        state[prefix + "w1.weight"] = f.w1.weight[kept]
-        state[prefix + "w3.weight"] = f.w3.weight[kept]
-        state[prefix + "w2.weight"] = f.w2.weight[:, kept]
-    pruned.load_state_dict(state)
-    return pruned.eval()
+def is_2_4_sparse(weight: torch.Tensor) -> bool:
+    """Whether every run of 4 consecutive inputs holds at least 2 zeros."""
+    return weight.shape[-1] % 4 == 0 and bool(((weight.view(weight.shape[0], -1, 4) == 0).sum(-1) >= 2).all())
+
+
+def accelerate_2_4(model: Transformer) -> int:
+    """Store the 2:4-sparse block layers of a half-precision model on a GPU with sparse tensor cores (compute
+    capability 8.0+) as semi-structured sparse matrices; returns how many were converted. A layer whose shape or
+    dtype the sparse kernels do not take stays dense, which is only slower."""
+    device = model.tok_embeddings.weight.device
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 0):
+        return 0
+    from torch.sparse import to_sparse_semi_structured
+
+    converted = 0
+    for module in block_linears(model):
+        if module.weight.dtype in (torch.float16, torch.bfloat16) and is_2_4_sparse(module.weight):
+            try:
+                module.weight = nn.Parameter(to_sparse_semi_structured(module.weight), requires_grad=False)
+                converted += 1
+            except (RuntimeError, ValueError):  # a shape the kernels do not take
+                pass
+    return converted

@@ -35,6 +35,12 @@ def resolve_model_config(cfg: ModelConfig, tokenizer_vocab: int) -> ModelConfig:
     return dataclasses.replace(cfg, vocab_size=vocab, n_kv_heads=cfg.n_kv_heads or cfg.n_heads, d_ff=d_ff)
 
 
+def head_size(cfg: ModelConfig) -> int:
+    """Channels per attention head: model.head_dim, or by default d_model / n_heads (head pruning keeps the size
+    of the heads it leaves, so a pruned model sets it)."""
+    return cfg.head_dim or cfg.d_model // cfg.n_heads
+
+
 class KVCache:
     """Keys and values of every layer for positions 0 .. pos-1, preallocated to `max_len` positions.
 
@@ -102,7 +108,7 @@ class Attention(nn.Module):
         super().__init__()
         self.layer_id = layer_id  # which slot of the KV cache this layer owns
         self.n_heads, self.n_kv_heads = cfg.n_heads, cfg.n_kv_heads
-        self.head_dim = cfg.d_model // cfg.n_heads
+        self.head_dim = head_size(cfg)
         self.wq = nn.Linear(cfg.d_model, cfg.n_heads * self.head_dim, bias=False)
         self.wk = nn.Linear(cfg.d_model, cfg.n_kv_heads * self.head_dim, bias=False)
         self.wv = nn.Linear(cfg.d_model, cfg.n_kv_heads * self.head_dim, bias=False)
@@ -167,11 +173,12 @@ class Transformer(nn.Module):
             raise ValueError("Transformer needs a resolved config: call resolve_model_config(cfg, tokenizer_vocab) "
                              f"first (vocab_size is {cfg.vocab_size})")
         cfg = resolve_model_config(cfg, cfg.vocab_size)  # fills n_kv_heads / d_ff if still 0
-        if cfg.d_model % cfg.n_heads or (cfg.d_model // cfg.n_heads) % 2 or cfg.n_heads % cfg.n_kv_heads:
+        if (not cfg.head_dim and cfg.d_model % cfg.n_heads) or head_size(cfg) % 2 or cfg.n_heads % cfg.n_kv_heads:
             raise ValueError(f"bad attention shape: d_model={cfg.d_model}, n_heads={cfg.n_heads}, "
-                             f"n_kv_heads={cfg.n_kv_heads} (need an even head size and n_kv_heads | n_heads)")
+                             f"n_kv_heads={cfg.n_kv_heads}, head_dim={cfg.head_dim} (need an even head size and "
+                             "n_kv_heads | n_heads)")
         self.config = cfg
-        self.head_dim = cfg.d_model // cfg.n_heads
+        self.head_dim = head_size(cfg)
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
