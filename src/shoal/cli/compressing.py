@@ -20,6 +20,10 @@ def compress(model: Annotated[Path, typer.Argument(help="Run folder or bundle to
              sparsity: Annotated[float, typer.Option(
                  help="Share of weights, channels or heads pruned (2:4: always half).")] = 0.5,
              prune_scope: Annotated[str, typer.Option(help="magnitude: global or per layer.")] = "global",
+             recover_steps: Annotated[int, typer.Option(help="Fine-tune the pruned model this many steps on its "
+                                                            "training data.")] = 0,
+             recover_lr: Annotated[float | None, typer.Option(help="Peak learning rate of the recovery (default: a "
+                                                                   "tenth of training's).")] = None,
              data: Annotated[list[str] | None, typer.Option(
                  help="Calibration text for channels and heads (default: a run's validation split).")] = None,
              device: Annotated[str, typer.Option(help="Where the bundle will run: auto, cpu or cuda.")] = "auto",
@@ -38,8 +42,9 @@ def compress(model: Annotated[Path, typer.Argument(help="Run folder or bundle to
         from shoal.compress.sweep import run_sweep
         from shoal.compress.sweep_report import write_sweep
 
-        if quantize or prune or not 0 < max_loss < 1:
-            raise ShoalError("--sweep builds its own variants (no --quantize / --prune) and needs 0 < --max-loss < 1")
+        if quantize or prune or recover_steps or not 0 < max_loss < 1:
+            raise ShoalError("--sweep builds its own variants (no --quantize / --prune / --recover-steps) and needs "
+                             "0 < --max-loss < 1")
         target = out or model.resolve().with_name(f"{model.resolve().name}-sweep")
         result = run_sweep(model, target, data or [], max_loss, hardware, device=device)
         write_sweep(result, target)
@@ -50,7 +55,7 @@ def compress(model: Annotated[Path, typer.Argument(help="Run folder or bundle to
     label = "-".join(x for x in (pruned, quantize) if x) or "compressed"
     target = out or model.resolve().with_name(f"{model.resolve().name}-{label}")
     summary = compress_model(model, target, quantize, group_size, prune, sparsity, prune_scope, data or [], device,
-                             "bf16" if bf16 else "keep")
+                             "bf16" if bf16 else "keep", recover_steps, recover_lr)
     before, after = summary["parameters"]
     typer.echo(f"{' + '.join(s['method'] for s in summary['steps'])}: {before:,} -> {after:,} parameters, weights "
                f"{summary['parent_bytes'] / 1e6:.1f} MB in {summary['dtype']} -> {summary['bytes'] / 1e6:.1f} MB; "

@@ -12,6 +12,7 @@ import torch
 from shoal.bundle import load_model, save_bundle
 from shoal.compress.prune import check_pruning, magnitude_prune, prune_2_4
 from shoal.compress.quantize import check_method, gpu_only, quantize_model
+from shoal.compress.recover import check_recovery, recover
 from shoal.compress.structured import prune_channels, prune_heads
 from shoal.data.governance.card import CARD_FILE
 from shoal.errors import ShoalError
@@ -23,10 +24,11 @@ from shoal.models.transformer import Transformer
 
 def compress_model(source: Path, out: Path, quantize: str | None = None, group_size: int = 32,
                    prune: str | None = None, sparsity: float = 0.5, scope: str = "global", data: list[str] | None = None,
-                   device: str = "auto", dtype: str = "keep") -> dict[str, Any]:
-    """Prune and/or quantize `source` into the bundle `out` (`dtype` bf16 stores an unquantized result in bf16; keep
-    leaves it in its parent's precision); returns the steps taken, the parameter counts and the weights' bytes before
-    (in the precision of the result) and after."""
+                   device: str = "auto", dtype: str = "keep", recover_steps: int = 0,
+                   recover_lr: float | None = None) -> dict[str, Any]:
+    """Prune (then fine-tune for `recover_steps`) and/or quantize `source` into the bundle `out` (`dtype` bf16 stores
+    an unquantized result in bf16; keep leaves it in its parent's precision); returns the steps taken, the parameter
+    counts and the weights' bytes before (in the precision of the result) and after."""
     target = pick_device(device, "--device")
     if dtype not in ("keep", "bf16"):
         raise ShoalError(f"--dtype must be keep or bf16, got {dtype!r}")
@@ -36,8 +38,13 @@ def compress_model(source: Path, out: Path, quantize: str | None = None, group_s
         check_method(quantize, group_size, target)  # before anything loads or is written
     if prune:
         check_pruning(prune, sparsity, scope)
+    check_recovery(recover_steps, recover_lr, {})
+    if recover_steps and not prune:
+        raise ShoalError("--recover-steps fine-tunes after pruning; add --prune METHOD")
     check_can_create_dir(out)
     loaded = load_model(source, str(target))
+    training = _training_config(source, loaded.info)
+    check_recovery(recover_steps, recover_lr, training)
     if loaded.info.get("quantization"):
         raise ShoalError(f"{source} is already quantized ({loaded.info['quantization']['method']}); compress the "
                          "original model")
@@ -51,6 +58,8 @@ def compress_model(source: Path, out: Path, quantize: str | None = None, group_s
         check_pruning(prune, sparsity, scope, model)
         model, step = _prune(model, prune, sparsity, scope, lambda: calibration(loaded, data or []))
         steps.append(step)
+        if recover_steps:
+            steps.append(recover(model, training, recover_steps, recover_lr, keep_zeros=prune in ("magnitude", "2:4")))
     quantization = None
     if quantize:
         settings = {"group_size": group_size} if quantize == "int4-wo" else {}
@@ -66,7 +75,7 @@ def compress_model(source: Path, out: Path, quantize: str | None = None, group_s
                "parent_weights_sha256": weights_sha256}
     provenance = {"lineage": lineage, **{k: parent[k] for k in ("step", "dataset_fingerprint") if k in parent}}
     card = source / CARD_FILE
-    save_bundle(model, loaded.tokenizer, out, provenance, _training_config(source, loaded.info),
+    save_bundle(model, loaded.tokenizer, out, provenance, training,
                 card if card.is_file() else None, quantization)
     return {"parent_bytes": parent_bytes, "bytes": (out / "model.safetensors").stat().st_size, "steps": steps,
             "parameters": [loaded.model.num_params(), model.num_params()],

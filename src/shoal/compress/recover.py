@@ -1,0 +1,73 @@
+"""`shoal compress --recover-steps N`: a short fine-tune of a pruned model with the trainer, on the training split
+of the data it was trained on, so the rest of the network makes up for what pruning took away.
+
+Zeros that pruning set (magnitude, 2:4) are put back after every optimizer step, so the sparsity survives; structured
+pruning changed the shapes instead and needs nothing kept. The learning rate starts at --recover-lr (default: a tenth
+of the training run's peak, a common fine-tuning choice) and follows a cosine to the run's floor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from shoal.compress.prune import block_linears
+from shoal.config import ParallelConfig, config_from_dict
+from shoal.data.prepare import prepare_dataset
+from shoal.errors import ShoalError
+from shoal.models.transformer import Transformer
+from shoal.train.run import live_view
+from shoal.train.trainer import Trainer
+
+
+def check_recovery(steps: int, lr: float | None, training_config: dict[str, Any] | None) -> None:
+    if steps < 0 or (lr is not None and lr <= 0):
+        raise ShoalError(f"--recover-steps must be >= 0 and --recover-lr > 0 (got {steps} and {lr})")
+    if steps and training_config is None:
+        raise ShoalError("--recover-steps trains on the model's own training data, and this bundle does not say what "
+                         "it was (no training config); compress the run folder instead")
+
+
+def recover(model: Transformer, training_config: dict[str, Any], steps: int, lr: float | None = None,
+            keep_zeros: bool = False, console: Console | None = None) -> dict[str, Any]:
+    """Fine-tune `model` in place for `steps` optimizer steps; returns the lineage step (settings, validation loss
+    before and after)."""
+    cfg = config_from_dict(training_config)
+    lr = lr or cfg.train.lr * 0.1
+    train = dataclasses.replace(cfg.train, steps=steps, lr=lr, schedule="cosine", warmup_steps=max(1, steps // 10),
+                                eval_every=steps, checkpoint_every=steps, compile=False,
+                                device=model.tok_embeddings.weight.device.type)
+    cfg = dataclasses.replace(cfg, model=model.config, train=train, parallel=ParallelConfig())
+    data = prepare_dataset(cfg.data, progress=False)  # the run's prepared data, from the cache
+    trainer = Trainer(cfg, data.windows("train", train.seq_len), data.windows("val", train.seq_len),
+                      data.manifest["vocab_size"], data.fingerprint)
+    trainer.model.load_state_dict(model.state_dict())
+    if keep_zeros:
+        _keep_zeros(trainer)
+    before = trainer.evaluate()
+    records: list[dict[str, Any]] = []
+    console = console or Console(stderr=True)
+    with live_view(console, steps, 0, max(1, steps // 5), cfg.logging.progress) as view:
+        status = trainer.fit(records.append, lambda: None, view)
+    if status != "completed":
+        raise ShoalError("recovery was interrupted; nothing was written")
+    after = next(r["val_loss"] for r in reversed(records) if "val_loss" in r)
+    model.load_state_dict(trainer.model.state_dict())  # back into the model's own precision
+    return {"method": "recover", "settings": {"steps": steps, "lr": float(f"{lr:.6g}"), "data": data.fingerprint},
+            "val_loss": [round(before, 5), round(after, 5)]}
+
+
+def _keep_zeros(trainer: Trainer) -> None:
+    """Zero the pruned weights again after every optimizer step."""
+    layers = block_linears(trainer.model)
+    masks = [layer.weight == 0 for layer in layers]
+
+    def reapply(*_: Any) -> None:
+        with torch.no_grad():
+            for layer, mask in zip(layers, masks):
+                layer.weight.masked_fill_(mask, 0.0)
+
+    trainer.optimizer.register_step_post_hook(reapply)
