@@ -34,6 +34,7 @@ def test_overrides_are_typed():
     ("model.n_heads=5", ["model.n_heads", "must divide model.d_model"]),
     ("model.n_kv_heads=3", ["model.n_kv_heads", "must divide model.n_heads"]),
     ("model.head_dim=15", ["head size is 15", "even"]),
+    ("train.qat=int2", ["train.qat", "int4-wo"]),
     ("train.seq_len=512", ["train.seq_len", "model.max_seq_len"]),
     ("train.batch_tokens=1000", ["train.batch_tokens", "multiple"]),
     ("train.schedule=linear", ["train.schedule", "cosine, wsd or constant"]),

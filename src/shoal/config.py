@@ -101,6 +101,8 @@ class TrainConfig:
     checkpoint_every: int = 200
     keep_checkpoints: int = 3
     async_checkpoint: bool = False  # write checkpoints in the background while training goes on
+    qat: str = ""  # int8-wo | int8-dyn | int4-wo: quantization-aware training for that method; empty: off
+    qat_group_size: int = 32  # qat = int4-wo: weights per scale
     max_bad_steps: int = 5  # consecutive non-finite losses before training stops
     out_dir: str = "runs"
     run_name: str = ""  # empty: the preset's name
@@ -316,6 +318,11 @@ def validate(cfg: Config) -> None:
     _require(0 < t.decay_fraction <= 1, f"config key 'train.decay_fraction' must be in (0, 1], got {t.decay_fraction}")
     _require(0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, "config keys 'train.beta1' and 'train.beta2' must be in [0, 1)")
     _require(t.weight_decay >= 0 and t.grad_clip >= 0, "config keys 'train.weight_decay' and 'train.grad_clip' must be >= 0")
+    _require(t.qat in ("", "int8-wo", "int8-dyn", "int4-wo"),
+             f"config key 'train.qat' must be empty (off), int8-wo, int8-dyn or int4-wo, got '{t.qat}'")
+    _require(t.qat_group_size in (32, 64, 128, 256),
+             f"config key 'train.qat_group_size' must be 32, 64, 128 or 256, got {t.qat_group_size}")
+    _require(not t.qat or p.tp == 1, "config key 'train.qat' does not combine with tensor parallelism (parallel.tp > 1)")
     _require(t.dtype in ("auto", "bf16", "fp32"), f"config key 'train.dtype' must be auto, bf16 or fp32, got '{t.dtype}'")
     _require(t.device in ("auto", "cpu", "cuda"), f"config key 'train.device' must be auto, cpu or cuda, got '{t.device}'")
     _require(p.dp_shard == -1 or p.dp_shard > 0, f"config key 'parallel.dp_shard' must be a positive integer or -1 "

@@ -35,8 +35,7 @@ def test_recovery_keeps_the_zeros_of_unstructured_pruning(trained_run, tmp_path)
 
 def test_bad_recovery_requests_write_nothing(trained_run, tmp_path):
     out = tmp_path / "never"
-    for kwargs, words in (({"quantize": "int8-wo", "recover_steps": 3}, "add --prune"),
-                          ({"prune": "heads", "recover_steps": -1}, "--recover-steps must be"),
+    for kwargs, words in (({"prune": "heads", "recover_steps": -1}, "--recover-steps must be"),
                           ({"prune": "heads", "recover_steps": 3, "recover_lr": 0.0}, "--recover-lr > 0")):
         with pytest.raises(ShoalError, match=words):
             compress_model(trained_run, out, **kwargs)

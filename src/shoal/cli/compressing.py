@@ -14,14 +14,15 @@ from shoal.errors import ShoalError
 @app.command()
 def compress(model: Annotated[Path, typer.Argument(help="Run folder or bundle to compress.")],
              quantize: Annotated[str | None, typer.Option(help="int8-wo, int8-dyn, int4-wo or fp8 (GPU).")] = None,
-             group_size: Annotated[int, typer.Option(help="int4-wo: weights per scale (32, 64, 128, 256).")] = 32,
+             group_size: Annotated[int | None, typer.Option(help="int4-wo: weights per scale (32, 64, 128, 256; "
+                                                                 "default: what a QAT run trained for, else 32).")] = None,
              prune: Annotated[str | None, typer.Option(
                  help="magnitude or 2:4 (zeros), channels or heads (smaller matrices).")] = None,
              sparsity: Annotated[float, typer.Option(
                  help="Share of weights, channels or heads pruned (2:4: always half).")] = 0.5,
              prune_scope: Annotated[str, typer.Option(help="magnitude: global or per layer.")] = "global",
-             recover_steps: Annotated[int, typer.Option(help="Fine-tune the pruned model this many steps on its "
-                                                            "training data.")] = 0,
+             recover_steps: Annotated[int, typer.Option(help="Fine-tune this many steps on the training data after "
+                                                            "pruning, simulating the quantization (QAT).")] = 0,
              recover_lr: Annotated[float | None, typer.Option(help="Peak learning rate of the recovery (default: a "
                                                                    "tenth of training's).")] = None,
              data: Annotated[list[str] | None, typer.Option(

@@ -11,6 +11,7 @@ import torch
 
 from shoal.bundle import load_model, save_bundle
 from shoal.compress.prune import check_pruning, magnitude_prune, prune_2_4
+from shoal.compress.qat import trained_for
 from shoal.compress.quantize import check_method, gpu_only, quantize_model
 from shoal.compress.recover import check_recovery, recover
 from shoal.compress.structured import prune_channels, prune_heads
@@ -22,29 +23,33 @@ from shoal.io import check_can_create_dir
 from shoal.models.transformer import Transformer
 
 
-def compress_model(source: Path, out: Path, quantize: str | None = None, group_size: int = 32,
+def compress_model(source: Path, out: Path, quantize: str | None = None, group_size: int | None = None,
                    prune: str | None = None, sparsity: float = 0.5, scope: str = "global", data: list[str] | None = None,
                    device: str = "auto", dtype: str = "keep", recover_steps: int = 0,
                    recover_lr: float | None = None) -> dict[str, Any]:
-    """Prune (then fine-tune for `recover_steps`) and/or quantize `source` into the bundle `out` (`dtype` bf16 stores
-    an unquantized result in bf16; keep leaves it in its parent's precision); returns the steps taken, the parameter
-    counts and the weights' bytes before (in the precision of the result) and after."""
+    """Prune and/or quantize `source` into the bundle `out`, fine-tuning for `recover_steps` in between (with
+    quantization-aware training when quantizing); returns the steps taken, the parameter counts and the weights'
+    bytes before (in the precision of the result) and after.
+
+    A model trained with QAT is quantized with its method and group size unless told otherwise. `dtype` bf16 stores an
+    unquantized result in bf16; keep leaves it in its parent's precision.
+    """
     target = pick_device(device, "--device")
     if dtype not in ("keep", "bf16"):
         raise ShoalError(f"--dtype must be keep or bf16, got {dtype!r}")
+    training = _training_config(source)
+    qat = trained_for(training)
+    quantize = quantize or (qat[0] if qat and not prune else None)
+    group_size = group_size or (qat[1] if qat and quantize == qat[0] else 32)
     if not (quantize or prune):
         raise ShoalError("say what to do: --quantize METHOD and/or --prune METHOD")
     if quantize:
         check_method(quantize, group_size, target)  # before anything loads or is written
     if prune:
         check_pruning(prune, sparsity, scope)
-    check_recovery(recover_steps, recover_lr, {})
-    if recover_steps and not prune:
-        raise ShoalError("--recover-steps fine-tunes after pruning; add --prune METHOD")
+    check_recovery(recover_steps, recover_lr, training, quantize)
     check_can_create_dir(out)
     loaded = load_model(source, str(target))
-    training = _training_config(source, loaded.info)
-    check_recovery(recover_steps, recover_lr, training)
     if loaded.info.get("quantization"):
         raise ShoalError(f"{source} is already quantized ({loaded.info['quantization']['method']}); compress the "
                          "original model")
@@ -58,11 +63,14 @@ def compress_model(source: Path, out: Path, quantize: str | None = None, group_s
         check_pruning(prune, sparsity, scope, model)
         model, step = _prune(model, prune, sparsity, scope, lambda: calibration(loaded, data or []))
         steps.append(step)
-        if recover_steps:
-            steps.append(recover(model, training, recover_steps, recover_lr, keep_zeros=prune in ("magnitude", "2:4")))
+    if recover_steps:
+        steps.append(recover(model, training, recover_steps, recover_lr, keep_zeros=prune in ("magnitude", "2:4"),
+                             qat=(quantize, group_size) if quantize else None))
     quantization = None
     if quantize:
         settings = {"group_size": group_size} if quantize == "int4-wo" else {}
+        if qat == (quantize, group_size):
+            settings["trained_for"] = True  # the weights were trained with QAT for exactly this
         quantize_model(model, quantize, group_size)
         quantization = {"method": quantize, "settings": settings, "dtype": "bf16",
                         "device": "cuda" if gpu_only(quantize, target) else "any"}
@@ -117,9 +125,10 @@ def calibration(loaded, data: list[str], windows: int = 16) -> list[torch.Tensor
     return pieces[:windows]
 
 
-def _training_config(source: Path, info: dict[str, Any]) -> dict[str, Any] | None:
+def _training_config(source: Path) -> dict[str, Any] | None:
     """The config that trained the weights: a run's own, or the one a bundle carries."""
-    if "config" in info:
-        return info["config"]
     config = source / "config.json"
-    return json.loads(config.read_text()).get("training") if config.is_file() else None
+    if not config.is_file():
+        return None
+    saved = json.loads(config.read_text())
+    return saved.get("training") if (source / "manifest.json").is_file() else saved

@@ -73,10 +73,7 @@ def quantize_model(model: Transformer, method: str, group_size: int = 32) -> Tra
     device = model.tok_embeddings.weight.device
     check_method(method, group_size, device)
     if method == "int4-wo":
-        narrow = sorted({m.in_features for m in _targets(model) if m.in_features % group_size})
-        if narrow:
-            raise ShoalError(f"int4-wo groups of {group_size} do not divide the input width of every layer "
-                             f"({', '.join(map(str, narrow))}); choose a --group-size that does")
+        check_group_size(model, group_size)
     q = _torchao()
     model.to(torch.bfloat16).eval()
     if method == "int8-wo":
@@ -95,7 +92,14 @@ def quantize_model(model: Transformer, method: str, group_size: int = 32) -> Tra
     return model
 
 
-def _targets(model: Transformer) -> list[torch.nn.Linear]:
+def check_group_size(model: torch.nn.Module, group_size: int) -> None:
+    narrow = sorted({m.in_features for m in _targets(model) if m.in_features % group_size})
+    if narrow:
+        raise ShoalError(f"int4-wo groups of {group_size} do not divide the input width of every layer "
+                         f"({', '.join(map(str, narrow))}); choose a --group-size that does")
+
+
+def _targets(model: torch.nn.Module) -> list[torch.nn.Linear]:
     return [m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and name != "output"]
 
 

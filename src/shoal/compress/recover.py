@@ -1,5 +1,6 @@
-"""`shoal compress --recover-steps N`: a short fine-tune of a pruned model with the trainer, on the training split
-of the data it was trained on, so the rest of the network makes up for what pruning took away.
+"""`shoal compress --recover-steps N`: a short fine-tune with the trainer, on the training split of the data the
+model was trained on, so the rest of the network makes up for what pruning took away, and when quantizing, with the
+quantization simulated (QAT), so the weights settle where rounding costs least.
 
 Zeros that pruning set (magnitude, 2:4) are put back after every optimizer step, so the sparsity survives; structured
 pruning changed the shapes instead and needs nothing kept. The learning rate starts at --recover-lr (default: a tenth
@@ -15,6 +16,7 @@ import torch
 from rich.console import Console
 
 from shoal.compress.prune import block_linears
+from shoal.compress.qat import QAT_METHODS
 from shoal.config import ParallelConfig, config_from_dict
 from shoal.data.prepare import prepare_dataset
 from shoal.errors import ShoalError
@@ -23,23 +25,28 @@ from shoal.train.run import live_view
 from shoal.train.trainer import Trainer
 
 
-def check_recovery(steps: int, lr: float | None, training_config: dict[str, Any] | None) -> None:
+def check_recovery(steps: int, lr: float | None, training_config: dict[str, Any] | None,
+                   quantize: str | None = None) -> None:
     if steps < 0 or (lr is not None and lr <= 0):
         raise ShoalError(f"--recover-steps must be >= 0 and --recover-lr > 0 (got {steps} and {lr})")
+    if steps and quantize and quantize not in QAT_METHODS:
+        raise ShoalError(f"--recover-steps trains with {quantize} simulated, which covers {', '.join(QAT_METHODS)}")
     if steps and training_config is None:
         raise ShoalError("--recover-steps trains on the model's own training data, and this bundle does not say what "
                          "it was (no training config); compress the run folder instead")
 
 
 def recover(model: Transformer, training_config: dict[str, Any], steps: int, lr: float | None = None,
-            keep_zeros: bool = False, console: Console | None = None) -> dict[str, Any]:
-    """Fine-tune `model` in place for `steps` optimizer steps; returns the lineage step (settings, validation loss
-    before and after)."""
+            keep_zeros: bool = False, qat: tuple[str, int] | None = None, console: Console | None = None
+            ) -> dict[str, Any]:
+    """Fine-tune `model` in place for `steps` optimizer steps, with `qat` = (method, group size) simulated; returns
+    the lineage step (settings, validation loss before and after)."""
     cfg = config_from_dict(training_config)
     lr = lr or cfg.train.lr * 0.1
     train = dataclasses.replace(cfg.train, steps=steps, lr=lr, schedule="cosine", warmup_steps=max(1, steps // 10),
                                 eval_every=steps, checkpoint_every=steps, compile=False,
-                                device=model.tok_embeddings.weight.device.type)
+                                device=model.tok_embeddings.weight.device.type, qat=qat[0] if qat else "",
+                                qat_group_size=qat[1] if qat else 32)
     cfg = dataclasses.replace(cfg, model=model.config, train=train, parallel=ParallelConfig())
     data = prepare_dataset(cfg.data, progress=False)  # the run's prepared data, from the cache
     trainer = Trainer(cfg, data.windows("train", train.seq_len), data.windows("val", train.seq_len),
@@ -56,7 +63,8 @@ def recover(model: Transformer, training_config: dict[str, Any], steps: int, lr:
         raise ShoalError("recovery was interrupted; nothing was written")
     after = next(r["val_loss"] for r in reversed(records) if "val_loss" in r)
     model.load_state_dict(trainer.model.state_dict())  # back into the model's own precision
-    return {"method": "recover", "settings": {"steps": steps, "lr": float(f"{lr:.6g}"), "data": data.fingerprint},
+    return {"method": "recover", "settings": {"steps": steps, "lr": float(f"{lr:.6g}"), "qat": train.qat or None,
+                                                "data": data.fingerprint},
             "val_loss": [round(before, 5), round(after, 5)]}
 
 

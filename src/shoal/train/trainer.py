@@ -67,6 +67,10 @@ class Trainer:
         # Every rank builds the same full model from the seed; the layout then keeps only each rank's share.
         torch.manual_seed(t.seed)
         self.model = Transformer(self.cfg.model).to(self.device)
+        if t.qat:
+            from shoal.compress.qat import prepare_qat
+
+            prepare_qat(self.model, t.qat, t.qat_group_size)
         self.flops_per_token = self.model.flops_per_token(t.seq_len)
         self.num_params = (self.model.num_params(), self.model.num_params(non_embedding=True),
                            self.model.num_params(active=True))
