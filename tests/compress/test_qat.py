@@ -1,6 +1,6 @@
 """Quantization-aware training: the fake-quantized model computes what the quantized model will, a QAT run trains
-through it, checkpoints plain weights and is quantized with the method it trained for, and QAT recovery fine-tunes
-an existing model before quantizing it."""
+through it (sharded exactly like one process), checkpoints plain weights and is quantized with the method it trained
+for, and QAT recovery fine-tunes an existing model before quantizing it."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from shoal.models.transformer import Transformer, resolve_model_config
 from shoal.serve.engine import Engine, Request
 from shoal.train.run import run_training
 
+from ..parallel.runs import check, losses, shoal_train
 from ..train.test_trainer import build_trainer
 
 
@@ -44,7 +45,7 @@ def test_fake_quantization_simulates_the_deployed_int4_model():
     assert (fake - real).norm() < 0.5 * (plain - real).norm()
 
 
-def test_a_qat_run_checkpoints_plain_weights_and_compresses_to_its_method(small_config, tmp_path):
+def test_a_qat_run_checkpoints_plain_weights_and_compresses_to_its_method(small_config, shared_root, tmp_path):
     small_config.train.qat, small_config.train.steps = "int4-wo", 4
     trainer = build_trainer(small_config)
     assert all(isinstance(m, FakeQuantizedLinear) for m in (trainer.model.layers[0].attention.wq,
@@ -52,6 +53,11 @@ def test_a_qat_run_checkpoints_plain_weights_and_compresses_to_its_method(small_
     summary = run_training(small_config, resume="none")
     assert summary["status"] == "completed" and summary["val_loss"] < summary["unigram_entropy_nats"] + 1
     run = small_config.run_dir
+    # Sharded over two gloo processes (FSDP), QAT trains exactly like one process.
+    sharded = shoal_train(shared_root, "fsdp", "--nproc", "2", extra=["train.steps=4", 'train.qat="int4-wo"',
+                                                                      f'train.out_dir="{tmp_path}"'])
+    check(sharded)
+    assert losses(tmp_path / "fsdp") == pytest.approx(losses(run), rel=1e-5)
     plain = load_model(run).model  # the checkpoint holds plain weights under the usual names
     assert type(plain.layers[0].attention.wq) is torch.nn.Linear
     out = tmp_path / "int4"
