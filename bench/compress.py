@@ -1,9 +1,14 @@
 """Compression on this CPU: each quantized variant of a model against the original, in the same run. Prints JSON.
 
 For the original in fp32 and bf16 and for shoal compress's variants (int8-wo, int8-dyn, int4-wo; magnitude pruning
-to 50%; 25% and 50% of the feed-forward channels removed; 25% of the channels then int8-wo): parameters, size of
-model.safetensors, bits per byte on the documents (and its change from the fp32 original), and decode tokens/s at
-batch 1 and 32 through the KV cache in bf16 (and its ratio to the bf16 original, the precision a CPU with AMX serves).
+to 50%, 2:4; 25% and 50% of the feed-forward channels, half the attention heads; 25% of the channels then int8-wo):
+parameters, size of model.safetensors, bits per byte on the documents (and its change from the fp32 original), and
+decode tokens/s at batch 1 and 32 through the KV cache in bf16 (and its ratio to the bf16 original, the precision a
+CPU with AMX serves).
+
+For a trained run, also the variants that fine-tune 50 steps on its training data (pruning + --recover-steps, and
+int4 in groups of 64 with QAT), next to their fair references: the original fine-tuned 50 steps without compression,
+and that fine-tuned model quantized to int4 afterwards (so QAT's gain is not confused with the extra training).
 
     python bench/compress.py [--model RUN_OR_BUNDLE] [--data FOLDER ...]
 The model defaults to the demo run (runs/tiny) when it exists, else the tiny preset with random weights.
@@ -21,7 +26,8 @@ from pathlib import Path
 import torch
 
 from shoal.bundle import load_model, save_bundle
-from shoal.compress.make import compress_model
+from shoal.compress.make import compress_model, training_config
+from shoal.compress.recover import recover
 from shoal.config import load_config
 from shoal.data.prepare import prepare_dataset
 from shoal.data.sources import iter_documents, resolve_sources
@@ -31,11 +37,22 @@ from shoal.eval.scoring import score_documents
 from shoal.models.transformer import Transformer, resolve_model_config
 
 BATCHES = (1, 32)
+RECOVER = 50  # optimizer steps of recovery fine-tuning
 VARIANTS = {  # name: compress_model options
     "int8-wo": {"quantize": "int8-wo"}, "int8-dyn": {"quantize": "int8-dyn"}, "int4-wo": {"quantize": "int4-wo"},
-    "magnitude-50%": {"prune": "magnitude", "sparsity": 0.5},
+    "magnitude-50%": {"prune": "magnitude", "sparsity": 0.5}, "2:4": {"prune": "2:4"},
     "channels-25%": {"prune": "channels", "sparsity": 0.25}, "channels-50%": {"prune": "channels", "sparsity": 0.5},
+    "heads-50%": {"prune": "heads", "sparsity": 0.5},
     "channels-25%+int8-wo": {"prune": "channels", "sparsity": 0.25, "quantize": "int8-wo"},
+}
+# Variants that fine-tune on the run's training data (only for a trained run). Their fair reference is the original
+# fine-tuned for as many steps without compression ("fine-tuned"), and int4 quantization after that same fine-tune.
+RECOVERED = {
+    "2:4+recover": {"prune": "2:4", "recover_steps": RECOVER},
+    "channels-50%+recover": {"prune": "channels", "sparsity": 0.5, "recover_steps": RECOVER},
+    "heads-50%+recover": {"prune": "heads", "sparsity": 0.5, "recover_steps": RECOVER},
+    "int4-wo-g64": {"quantize": "int4-wo", "group_size": 64},
+    "int4-wo-g64+qat": {"quantize": "int4-wo", "group_size": 64, "recover_steps": RECOVER},
 }
 
 
@@ -50,6 +67,14 @@ def source_bundle(model: str | None, folder: Path) -> tuple[Path, str]:
     network = Transformer(resolve_model_config(cfg.model, tokenizer.get_vocab_size()))
     save_bundle(network, tokenizer, folder / "original", {"source": "bench/compress.py, random weights"})
     return folder / "original", "random (tiny preset; run make demo for a trained model)"
+
+
+def fine_tuned(source: Path, out: Path) -> Path:
+    """The original fine-tuned for RECOVER steps as the recovering variants are, without compression."""
+    loaded, training = load_model(source, "cpu"), training_config(source)
+    step = recover(loaded.model, training, RECOVER)
+    save_bundle(loaded.model, loaded.tokenizer, out, {"lineage": {"parent": str(source), "steps": [step]}}, training)
+    return out
 
 
 def measure(loaded, documents: list[tuple[str, str]], size: int, speed: bool = True) -> dict:
@@ -81,9 +106,16 @@ def main() -> None:
     variants["fp32"] = measure(original, documents, bf16_bytes * 2, speed=False)  # served in bf16: the next row
     original.model.to(torch.bfloat16)
     variants["bf16"] = measure(original, documents, bf16_bytes)
-    for name, options in VARIANTS.items():
+    trained = training_config(source) is not None
+    for name, options in {**VARIANTS, **(RECOVERED if trained else {})}.items():
         summary = compress_model(source, folder / name, device="cpu", **options)
         variants[name] = measure(load_model(folder / name, "cpu"), documents, summary["bytes"])
+    if trained:
+        tuned = fine_tuned(source, folder / "fine-tuned")
+        variants["fine-tuned"] = measure(load_model(tuned, "cpu"), documents, (tuned / "model.safetensors").stat().st_size)
+        summary = compress_model(tuned, folder / "fine-tuned+int4-wo-g64", "int4-wo", 64, device="cpu")
+        variants["fine-tuned+int4-wo-g64"] = measure(load_model(folder / "fine-tuned+int4-wo-g64", "cpu"), documents,
+                                                     summary["bytes"])
     base_bpb, base_speed = variants["fp32"]["bits_per_byte"], variants["bf16"]["decode_tokens_per_second"]
     for row in variants.values():
         row["bits_per_byte_change"] = round(row["bits_per_byte"] - base_bpb, 5)

@@ -49,6 +49,10 @@ def test_a_sweep_of_two_variants(trained_run, tmp_path):
             assert (v["verdict"] == "pass") == (high < margin), (name, v)
             assert (v["verdict"] == "regression") == (low > margin), (name, v)
     assert result["variants"]["channels-50%"]["parameters"] < result["variants"]["int8-wo"]["parameters"]
+    kv = {name: v["serving_memory_bytes"] - v["bytes"] for name, v in result["variants"].items()}
+    # K and V x 2 layers x 2 key/value heads x 16 channels x 2 bytes (bf16), for 32 rows of 64 positions
+    assert kv["int8-wo"] == kv["original"] == (2 * 2 * 2 * 16 * 2) * 32 * 64
+    assert all(0 < v["ece"] < 0.5 for v in result["variants"].values())
     for pick in result["recommendations"].values():
         chosen = pick["variant"]
         assert chosen.startswith("original") or result["variants"][chosen]["verdict"] == "pass"

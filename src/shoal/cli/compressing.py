@@ -58,6 +58,11 @@ def compress(model: Annotated[Path, typer.Argument(help="Run folder or bundle to
     summary = compress_model(model, target, quantize, group_size, prune, sparsity, prune_scope, data or [], device,
                              "bf16" if bf16 else "keep", recover_steps, recover_lr)
     before, after = summary["parameters"]
+    for step in summary["steps"]:
+        if step["method"] == "recover":
+            qat = f" with {step['settings']['qat']} simulated (QAT)" if step["settings"]["qat"] else ""
+            typer.echo(f"recovery: {step['settings']['steps']} steps{qat}, validation loss {step['val_loss'][0]:.4f} "
+                       f"-> {step['val_loss'][1]:.4f}")
     typer.echo(f"{' + '.join(s['method'] for s in summary['steps'])}: {before:,} -> {after:,} parameters, weights "
                f"{summary['parent_bytes'] / 1e6:.1f} MB in {summary['dtype']} -> {summary['bytes'] / 1e6:.1f} MB; "
                f"bundle written to {target}")

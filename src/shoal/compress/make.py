@@ -37,7 +37,7 @@ def compress_model(source: Path, out: Path, quantize: str | None = None, group_s
     target = pick_device(device, "--device")
     if dtype not in ("keep", "bf16"):
         raise ShoalError(f"--dtype must be keep or bf16, got {dtype!r}")
-    training = _training_config(source)
+    training = training_config(source)
     qat = trained_for(training)
     quantize = quantize or (qat[0] if qat and not prune else None)
     group_size = group_size or (qat[1] if qat and quantize == qat[0] else 32)
@@ -125,7 +125,7 @@ def calibration(loaded, data: list[str], windows: int = 16) -> list[torch.Tensor
     return pieces[:windows]
 
 
-def _training_config(source: Path) -> dict[str, Any] | None:
+def training_config(source: Path) -> dict[str, Any] | None:
     """The config that trained the weights: a run's own, or the one a bundle carries."""
     config = source / "config.json"
     if not config.is_file():

@@ -5,7 +5,8 @@ Every variant is a bundle under OUT/variants/NAME, stored in bf16 like the origi
 serve. Quality is each variant's bits per byte on the
 evaluation documents, paired with the original's document by document (the gate's bootstrap: a variant "passes" when
 its whole 95% interval of harm is within `max_loss` of the original). Speed is decoding through the KV cache in bf16
-on this machine, and cost is the measured speed priced with the hardware table.
+on this machine, and cost is the measured speed priced with the hardware table. Each row also gives the expected
+calibration error of the next-token probabilities and the memory serving a batch takes (weights and KV cache).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from shoal.bundle import load_model
@@ -25,6 +27,7 @@ from shoal.eval.cost import usd_per_million
 from shoal.eval.data import evaluation_documents
 from shoal.eval.efficiency import measure_efficiency
 from shoal.eval.gate import compare_scores
+from shoal.eval.metrics import expected_calibration_error
 from shoal.eval.scoring import Scores, score_documents
 from shoal.eval.suite import check_options
 from shoal.hardware import pick_device
@@ -88,7 +91,12 @@ def _measure(model, scores: Scores, baseline: Scores, margin: float, size: int, 
     runs = [measure_efficiency(model, batch_sizes=(1, BATCH), repeats=3) for _ in range(3)]
     single = max(r["decode_tokens_per_second"] for r in runs)
     batched = max(r["throughput"][str(BATCH)]["decode_tokens_per_second"] for r in runs)
+    # Serving memory at batch BATCH: the weights plus a full-context KV cache for every row (head pruning that drops
+    # key/value heads shrinks the second).
+    kv_per_token = runs[0]["kv_cache_bytes_per_token"]
     return {"parameters": model.num_params(), "bytes": size, "bits_per_byte": bpb["candidate"],
+            "ece": expected_calibration_error(np.concatenate(scores.confidence), np.concatenate(scores.correct)),
+            "serving_memory_bytes": size + kv_per_token * BATCH * model.config.max_seq_len,
             "bits_per_byte_change_percent": 100 * bpb["difference"] / bpb["baseline"],
             "harm_ci": bpb["harm_ci"], "verdict": gate["verdict"], "decode_ms_per_token": 1000 / single,
             "decode_tokens_per_second": single, "batched_tokens_per_second": batched,

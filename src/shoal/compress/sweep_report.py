@@ -22,13 +22,15 @@ def render_sweep(r: dict[str, Any]) -> str:
              f"{r['documents']} documents ({r['data']}); speed measured on {r['device']}, priced as {r['hardware']} "
              f"(${r['usd_per_hour']}/h); quality gate: bits per byte within {r['max_loss']:.0%} of the original "
              f"({r['margin_bits_per_byte']:.4f}), paired bootstrap over documents.", "",
-             f"| variant | parameters | size | bits/byte | change [95% interval of harm] | gate | ms/token | "
-             f"tokens/s batch {r['batch']} | $/M tokens |", "|---|---|---|---|---|---|---|---|---|"]
+             f"| variant | parameters | size | memory at batch {r['batch']} | bits/byte | change [95% interval of harm] "
+             f"| gate | ECE | ms/token | tokens/s batch {r['batch']} | $/M tokens |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, v in r["variants"].items():
         low, high = v["harm_ci"]
-        lines.append(f"| {name} | {v['parameters'] / 1e6:.2f}M | {v['bytes'] / 1e6:.1f} MB | {v['bits_per_byte']:.4f} "
+        lines.append(f"| {name} | {v['parameters'] / 1e6:.2f}M | {v['bytes'] / 1e6:.1f} MB | "
+                     f"{v['serving_memory_bytes'] / 1e6:.1f} MB | {v['bits_per_byte']:.4f} "
                      f"| {v['bits_per_byte_change_percent']:+.2f}% [{low:+.4f}, {high:+.4f}] | "
-                     f"{'—' if name.startswith('original') else VERDICTS[v['verdict']]} | "
+                     f"{'—' if name.startswith('original') else VERDICTS[v['verdict']]} | {v['ece']:.4f} | "
                      f"{v['decode_ms_per_token']:.2f} | {v['batched_tokens_per_second']:,.0f} | "
                      f"{v['usd_per_million_batched']:.3f} |")
     lines += ["", "## Recommendations", ""]
