@@ -121,11 +121,6 @@ def load_model(path: str | Path, device: str = "auto") -> LoadedModel:
 
         check_runs_here(quantization, target, path)
     loaded.model.to(target)
-    steps = (loaded.info.get("lineage") or {}).get("steps") or []
-    if not quantization and any(step.get("method") == "prune-2:4" for step in steps):
-        from shoal.compress.prune import accelerate_2_4
-
-        accelerate_2_4(loaded.model)  # on a GPU with sparse tensor cores; a no-op elsewhere
     return loaded
 
 

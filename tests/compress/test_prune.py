@@ -12,9 +12,9 @@ import torch
 
 from shoal.bundle import load_model
 from shoal.compress.make import compress_model
-from shoal.compress.prune import block_linears, is_2_4_sparse, magnitude_prune, prune_2_4
+from shoal.compress.prune import block_linears, check_pruning, is_2_4_sparse, magnitude_prune, prune_2_4
 from shoal.compress.structured import head_layout, prune_channels, prune_heads
-from shoal.config import ModelConfig
+from shoal.config import ModelConfig, MoEConfig
 from shoal.errors import ShoalError
 from shoal.models.transformer import Transformer, resolve_model_config
 from shoal.serve.engine import Engine, Request
@@ -83,21 +83,40 @@ def test_head_layouts_keep_grouped_query_attention_even():
         head_layout(1, 1, 0.5)
 
 
-def test_head_pruning_removes_silent_heads_without_changing_the_output():
+@pytest.mark.parametrize("fraction, silent, layout", [
+    (0.5, (1, 2), (2, 2)),  # one query head of each group goes: (n_heads, n_kv_heads) = (2, 2)
+    (0.75, (0, 1, 3), (1, 1)),  # a whole key/value group goes too, and with it part of the KV cache
+])
+def test_head_pruning_removes_silent_heads_without_changing_the_output(fraction, silent, layout):
     model = small_model()
     head_dim = model.head_dim
     with torch.no_grad():
-        for block in model.layers:  # query head 1 (group 0) and 2 (group 1) write nothing
-            for head in (1, 2):
+        for block in model.layers:  # these query heads write nothing to the residual stream
+            for head in silent:
                 block.attention.wo.weight[:, head * head_dim:(head + 1) * head_dim] = 0
     ids = torch.randint(0, 50, (2, 32), generator=torch.Generator().manual_seed(1))
-    pruned = prune_heads(model, 0.5, [ids[0], ids[1]])
-    assert (pruned.config.n_heads, pruned.config.n_kv_heads, pruned.head_dim) == (2, 2, head_dim)
-    assert model.num_params() - pruned.num_params() == 2 * 2 * 32 * 2 * head_dim  # wq rows and wo columns
+    pruned = prune_heads(model, fraction, [ids[0], ids[1]])
+    assert (pruned.config.n_heads, pruned.config.n_kv_heads, pruned.head_dim) == (*layout, head_dim)
+    removed_query, removed_kv = 4 - layout[0], 2 - layout[1]
+    # Per layer: wq rows and wo columns of each removed query head, wk and wv rows of each removed group.
+    assert model.num_params() - pruned.num_params() == 2 * (2 * removed_query + 2 * removed_kv) * 32 * head_dim
     with torch.no_grad():
         assert torch.allclose(pruned(ids), model(ids), atol=1e-5)
+    assert pruned.new_cache(1, 8).k[0].shape[1] == layout[1]
     (sequence,) = Engine(pruned, max_batch=1).run([Request([3, 4], 5)])
     assert len(sequence.tokens) == 5
+
+
+def test_pruning_refuses_what_it_cannot_do_well():
+    with pytest.raises(ShoalError, match="removes none"):
+        head_layout(4, 2, 0.1)
+    torch.manual_seed(0)
+    moe = Transformer(resolve_model_config(ModelConfig(d_model=32, n_layers=1, n_heads=4, d_ff=64, max_seq_len=16,
+                                                       moe=MoEConfig(n_experts=4)), 50))
+    assert not any(m is moe.layers[0].feed_forward.router.gate for m in block_linears(moe))  # routers stay
+    for method in ("2:4", "channels"):
+        with pytest.raises(ShoalError, match="mixture-of-experts"):
+            check_pruning(method, 0.5, "global", moe)
 
 
 def test_the_cli_prunes_and_quantizes_into_bundles(trained_run, tmp_path):

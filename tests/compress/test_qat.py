@@ -68,6 +68,10 @@ def test_a_qat_run_checkpoints_plain_weights_and_compresses_to_its_method(small_
                                                          "settings": {"group_size": 32, "trained_for": True}}]
     (sequence,) = Engine(load_model(out).model, max_batch=1).run([Request([3, 4], 4)])
     assert len(sequence.tokens) == 4
+    # Once pruned, the weights are no longer the ones QAT trained: nothing is quantized by default.
+    compress_model(run, tmp_path / "pruned", prune="channels", sparsity=0.5)
+    with pytest.raises(ShoalError, match="say what to do"):
+        compress_model(tmp_path / "pruned", tmp_path / "never")
     small_config.train.qat_group_size = 256  # wider than the 64-wide layers
     with pytest.raises(ShoalError, match="groups of 256"):
         build_trainer(small_config)

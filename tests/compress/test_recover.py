@@ -8,8 +8,9 @@ import json
 import pytest
 
 from shoal.bundle import load_model
-from shoal.compress.make import compress_model
+from shoal.compress.make import compress_model, training_config
 from shoal.compress.prune import block_linears
+from shoal.compress.recover import training_data
 from shoal.errors import ShoalError
 
 
@@ -36,7 +37,15 @@ def test_recovery_keeps_the_zeros_of_unstructured_pruning(trained_run, tmp_path)
 def test_bad_recovery_requests_write_nothing(trained_run, tmp_path):
     out = tmp_path / "never"
     for kwargs, words in (({"prune": "heads", "recover_steps": -1}, "--recover-steps must be"),
+                          ({"prune": "heads", "recover_lr": 1e-3}, "give both"),
                           ({"prune": "heads", "recover_steps": 3, "recover_lr": 0.0}, "--recover-lr > 0")):
         with pytest.raises(ShoalError, match=words):
             compress_model(trained_run, out, **kwargs)
     assert not out.exists()
+    # Recovery trains on exactly the prepared data the model was trained on, from the cache, or refuses.
+    training = training_config(trained_run)
+    with pytest.raises(ShoalError, match="not in"):
+        training_data(training, "f" * 64)
+    with pytest.raises(ShoalError, match="dataset fingerprint"):
+        training_data(training, None)
+    assert training_data(training, load_model(trained_run).info["dataset_fingerprint"]).manifest["tokens"]["train"] > 0

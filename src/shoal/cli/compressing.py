@@ -37,7 +37,7 @@ def compress(model: Annotated[Path, typer.Argument(help="Run folder or bundle to
                                                            "MODEL.")] = None,
              ) -> None:
     """Prune and/or quantize a model into a new bundle that loads and serves like any other, with its lineage."""
-    from shoal.compress.make import compress_model
+    from shoal.compress.make import compress_model, qat_method
 
     if sweep:
         from shoal.compress.sweep import run_sweep
@@ -53,7 +53,8 @@ def compress(model: Annotated[Path, typer.Argument(help="Run folder or bundle to
                    + f"\nreport in {target}/sweep.md, variants in {target}/variants/")
         return
     pruned = prune and ("sparse24" if prune == "2:4" else f"{prune}{round(sparsity * 100)}")
-    label = "-".join(x for x in (pruned, quantize) if x) or "compressed"
+    trained_for = qat_method(model) if not (quantize or prune) else None
+    label = "-".join(x for x in (pruned, quantize or (trained_for or [None])[0]) if x) or "compressed"
     target = out or model.resolve().with_name(f"{model.resolve().name}-{label}")
     summary = compress_model(model, target, quantize, group_size, prune, sparsity, prune_scope, data or [], device,
                              "bf16" if bf16 else "keep", recover_steps, recover_lr)
@@ -61,8 +62,9 @@ def compress(model: Annotated[Path, typer.Argument(help="Run folder or bundle to
     for step in summary["steps"]:
         if step["method"] == "recover":
             qat = f" with {step['settings']['qat']} simulated (QAT)" if step["settings"]["qat"] else ""
-            typer.echo(f"recovery: {step['settings']['steps']} steps{qat}, validation loss {step['val_loss'][0]:.4f} "
-                       f"-> {step['val_loss'][1]:.4f}")
+            losses = " -> ".join("-" if loss is None else f"{loss:.4f}" for loss in step["val_loss"])
+            typer.echo(f"recovery: {step['settings']['steps']} steps{qat}, validation loss{' (simulated)' if qat else ''}"
+                       f" {losses}")
     typer.echo(f"{' + '.join(s['method'] for s in summary['steps'])}: {before:,} -> {after:,} parameters, weights "
                f"{summary['parent_bytes'] / 1e6:.1f} MB in {summary['dtype']} -> {summary['bytes'] / 1e6:.1f} MB; "
                f"bundle written to {target}")

@@ -110,6 +110,11 @@ def serve(model: Annotated[Path, typer.Argument(help="Run folder or exported bun
     loaded = load_model(model, device)
     weights = loaded.model.tok_embeddings.weight
     network = loaded.model.to(pick_dtype(dtype, weights.device))
+    steps = (loaded.info.get("lineage") or {}).get("steps") or []
+    if any(step.get("method") == "prune-2:4" for step in steps) and not loaded.info.get("quantization"):
+        from shoal.compress.prune import accelerate_2_4
+
+        accelerate_2_4(network)  # sparse kernels on a GPU with sparse tensor cores, in half precision; else nothing
     try:
         pick_decoder(decode, network)
     except ValueError as e:

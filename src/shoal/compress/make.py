@@ -13,7 +13,7 @@ from shoal.bundle import load_model, save_bundle
 from shoal.compress.prune import check_pruning, magnitude_prune, prune_2_4
 from shoal.compress.qat import trained_for
 from shoal.compress.quantize import check_method, gpu_only, quantize_model
-from shoal.compress.recover import check_recovery, recover
+from shoal.compress.recover import check_recovery, recover, training_data
 from shoal.compress.structured import prune_channels, prune_heads
 from shoal.data.governance.card import CARD_FILE
 from shoal.errors import ShoalError
@@ -38,7 +38,7 @@ def compress_model(source: Path, out: Path, quantize: str | None = None, group_s
     if dtype not in ("keep", "bf16"):
         raise ShoalError(f"--dtype must be keep or bf16, got {dtype!r}")
     training = training_config(source)
-    qat = trained_for(training)
+    qat = qat_method(source)
     quantize = quantize or (qat[0] if qat and not prune else None)
     group_size = group_size or (qat[1] if qat and quantize == qat[0] else 32)
     if not (quantize or prune):
@@ -53,6 +53,7 @@ def compress_model(source: Path, out: Path, quantize: str | None = None, group_s
     if loaded.info.get("quantization"):
         raise ShoalError(f"{source} is already quantized ({loaded.info['quantization']['method']}); compress the "
                          "original model")
+    recovery_data = training_data(training, loaded.info.get("dataset_fingerprint")) if recover_steps else None
     # The parent's size in the precision the result is stored in: bf16 under quantization, else its own.
     if dtype == "bf16":
         loaded.model.to(torch.bfloat16)
@@ -64,12 +65,13 @@ def compress_model(source: Path, out: Path, quantize: str | None = None, group_s
         model, step = _prune(model, prune, sparsity, scope, lambda: calibration(loaded, data or []))
         steps.append(step)
     if recover_steps:
-        steps.append(recover(model, training, recover_steps, recover_lr, keep_zeros=prune in ("magnitude", "2:4"),
-                             qat=(quantize, group_size) if quantize else None))
+        steps.append(recover(model, training, recovery_data, recover_steps, recover_lr,
+                             keep_zeros=prune in ("magnitude", "2:4"), qat=(quantize, group_size) if quantize else None))
     quantization = None
     if quantize:
         settings = {"group_size": group_size} if quantize == "int4-wo" else {}
-        if qat == (quantize, group_size):
+        # QAT simulates int4 as the CPU stores it (symmetric groups); a GPU's tile-packed int4 adds zero points.
+        if qat == (quantize, group_size) and not (quantize == "int4-wo" and target.type == "cuda"):
             settings["trained_for"] = True  # the weights were trained with QAT for exactly this
         quantize_model(model, quantize, group_size)
         quantization = {"method": quantize, "settings": settings, "dtype": "bf16",
@@ -123,6 +125,16 @@ def calibration(loaded, data: list[str], windows: int = 16) -> list[torch.Tensor
     if not pieces:
         raise ShoalError("no calibration text for structured pruning; point --data at documents")
     return pieces[:windows]
+
+
+def qat_method(source: Path) -> tuple[str, int] | None:
+    """(method, group size) the weights of `source` were trained for with QAT: a QAT run or its export. None for
+    anything else, compressed variants included (pruning or fine-tuning has changed the weights since)."""
+    config = source / "config.json"
+    if (source / "manifest.json").is_file() and config.is_file() and \
+            (json.loads(config.read_text()).get("provenance") or {}).get("lineage"):
+        return None
+    return trained_for(training_config(source))
 
 
 def training_config(source: Path) -> dict[str, Any] | None:

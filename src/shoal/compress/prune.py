@@ -4,8 +4,9 @@
   each layer. On its own this saves neither bytes nor time: it is for studying quality, or for kernels that skip
   zeros.
 - 2:4: in every run of 4 consecutive input weights of a row, the 2 smallest (50%). This is the pattern the sparse
-  tensor cores of NVIDIA GPUs since Ampere skip, so a 2:4 bundle loaded on such a GPU in half precision runs its
-  block layers as semi-structured sparse matrices; elsewhere it runs dense.
+  tensor cores of NVIDIA GPUs since Ampere skip, so `shoal serve` of a 2:4 bundle on such a GPU, in half precision,
+  runs its block layers as semi-structured sparse matrices; everywhere else (and for training, evaluation or further
+  compression) the matrices stay dense.
 """
 
 from __future__ import annotations
@@ -28,13 +29,20 @@ def check_pruning(method: str, sparsity: float, scope: str, model: Transformer |
         raise ShoalError(f"--prune-scope must be global or layer, got {scope!r}")
     if method == "2:4" and model is not None and any(m.in_features % 4 for m in block_linears(model)):
         raise ShoalError("2:4 sparsity needs input widths that are multiples of 4")
-    if method == "channels" and model is not None and model.moe_layers():
-        raise ShoalError("channel pruning covers dense feed-forward layers; this is a mixture-of-experts model")
+    if method in ("channels", "2:4") and model is not None and model.moe_layers():
+        raise ShoalError(f"{method} pruning covers dense feed-forward layers (experts are not linear layers); this is "
+                         "a mixture-of-experts model")
 
 
-def block_linears(model: Transformer) -> list[nn.Linear]:
-    """The linear layers of the transformer blocks (the output head, tied to the embedding, is left alone)."""
-    return [m for name, m in model.named_modules() if isinstance(m, nn.Linear) and name != "output"]
+def block_linears(model: nn.Module) -> list[nn.Linear]:
+    """The linear layers of the transformer blocks that compression touches. Left alone: the output head (tied to
+    the embedding) and mixture-of-experts routers, small matrices whose every error misroutes tokens."""
+    return [m for name, m in model.named_modules()
+            if isinstance(m, nn.Linear) and name != "output" and not name.endswith("router.gate")]
+
+
+def zero_share(linears: list[nn.Linear]) -> float:
+    return sum(int((m.weight == 0).sum()) for m in linears) / sum(m.weight.numel() for m in linears)
 
 
 @torch.no_grad()
@@ -48,8 +56,7 @@ def magnitude_prune(model: Transformer, sparsity: float, scope: str = "global") 
         thresholds = [_threshold(m.weight.abs().flatten().float(), sparsity) for m in linears]
     for module, threshold in zip(linears, thresholds):
         module.weight.masked_fill_(module.weight.abs().float() <= threshold, 0.0)
-    zeros = sum(int((m.weight == 0).sum()) for m in linears)
-    return zeros / sum(m.weight.numel() for m in linears)
+    return zero_share(linears)
 
 
 def _threshold(magnitudes: torch.Tensor, sparsity: float) -> float:
@@ -65,7 +72,7 @@ def prune_2_4(model: Transformer) -> float:
         groups = module.weight.view(module.out_features, -1, 4)
         smallest = groups.abs().float().topk(2, dim=-1, largest=False).indices
         groups.scatter_(-1, smallest, 0.0)
-    return sum(int((m.weight == 0).sum()) for m in linears) / sum(m.weight.numel() for m in linears)
+    return zero_share(linears)
 
 
 def is_2_4_sparse(weight: torch.Tensor) -> bool:

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from shoal.compress.quantize import _targets, _torchao, check_group_size
+from shoal.compress.prune import block_linears
+from shoal.compress.quantize import _torchao, check_group_size
 
 QAT_METHODS = ("int8-wo", "int8-dyn", "int4-wo")
 
@@ -34,7 +35,7 @@ def prepare_qat(model: torch.nn.Module, method: str, group_size: int = 32) -> No
         weights = IntxFakeQuantizeConfig(torch.int8, "per_channel")  # one scale per output row, as int8 PTQ
     # int8-dyn rounds each token's inputs to int8 as well; torchao simulates that with a zero point per token only.
     inputs = IntxFakeQuantizeConfig(torch.int8, "per_token", is_symmetric=False) if method == "int8-dyn" else None
-    targets = set(_targets(model))
+    targets = set(block_linears(model))
     quantization.quantize_(model, QATConfig(activation_config=inputs, weight_config=weights, step="prepare"),
                            filter_fn=lambda module, _: module in targets)
 

@@ -9,8 +9,9 @@ Methods (`shoal compress --quantize`):
 - fp8: float8 weights and activations, on GPUs that have float8 (compute capability 8.9 or newer).
 
 Every linear layer of the blocks is quantized; the embedding and the output head (often tied to it) stay in bf16,
-as is customary: they are lookups or a single matrix whose error every token pays. Mixture-of-experts weights are not
-nn.Linear layers and stay in bf16 too. The model is converted to bf16 first: torchao's kernels expect it.
+as is customary: they are lookups or a single matrix whose error every token pays. Mixture-of-experts routers stay in
+bf16 too (a rounding error misroutes tokens), and so do the experts, which are not nn.Linear layers. The model is
+converted to bf16 first: torchao's kernels expect it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 import torch
 
+from shoal.compress.prune import block_linears
 from shoal.errors import ShoalError
 from shoal.models.transformer import Transformer
 
@@ -88,19 +90,16 @@ def quantize_model(model: Transformer, method: str, group_size: int = 32) -> Tra
         config = q.IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(group_size))
     else:
         config = q.Float8DynamicActivationFloat8WeightConfig()
-    q.quantize_(model, config, filter_fn=lambda module, name: isinstance(module, torch.nn.Linear) and name != "output")
+    targets = set(block_linears(model))
+    q.quantize_(model, config, filter_fn=lambda module, _: module in targets)
     return model
 
 
 def check_group_size(model: torch.nn.Module, group_size: int) -> None:
-    narrow = sorted({m.in_features for m in _targets(model) if m.in_features % group_size})
+    narrow = sorted({m.in_features for m in block_linears(model) if m.in_features % group_size})
     if narrow:
         raise ShoalError(f"int4-wo groups of {group_size} do not divide the input width of every layer "
                          f"({', '.join(map(str, narrow))}); choose a --group-size that does")
-
-
-def _targets(model: torch.nn.Module) -> list[torch.nn.Linear]:
-    return [m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and name != "output"]
 
 
 def quantized_state(model: Transformer) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -75,6 +75,8 @@ def head_layout(n_heads: int, n_kv_heads: int, fraction: float) -> tuple[int, in
     query heads that removes at least one; among equally close ones, the one keeping more heads, then more groups."""
     per_group = n_heads // n_kv_heads
     target = n_heads * (1 - fraction)
+    if n_heads - target < 0.5:
+        raise ShoalError(f"pruning {fraction:.0%} of {n_heads} attention heads removes none; prune more")
     layouts = [(g, r) for g in range(1, n_kv_heads + 1) for r in range(1, per_group + 1) if g * r < n_heads]
     if not layouts:
         raise ShoalError(f"a model with {n_heads} attention head has none to prune")
@@ -90,11 +92,15 @@ def prune_heads(model: Transformer, fraction: float, calibration: list[torch.Ten
     attentions = [block.attention for block in model.layers]
     contribution = [torch.zeros(cfg.n_heads) for _ in attentions]
 
+    # Each head's share of the attention output is y_h W_h^T (its hd channels through its hd columns of wo), whose
+    # squared norm is y_h (W_h^T W_h) y_h^T: hd x hd Gram matrices instead of a tokens x heads x d_model product.
+    columns = [a.wo.weight.float().view(-1, cfg.n_heads, hd) for a in attentions]
+    grams = [torch.einsum("ohd,ohe->hde", w, w) for w in columns]
+
     def measure(i: int, heads_out: torch.Tensor) -> None:
-        # Each head's share of the attention output: its hd channels through its hd columns of wo.
         y = heads_out.float().reshape(-1, cfg.n_heads, hd)
-        w = attentions[i].wo.weight.float().view(-1, cfg.n_heads, hd)
-        contribution[i] += torch.einsum("nhd,ohd->nho", y, w).norm(dim=-1).sum(0).cpu()
+        squared = torch.einsum("nhd,hde,nhe->nh", y, grams[i], y)
+        contribution[i] += squared.clamp_min(0).sqrt().sum(0).cpu()
 
     _record(model, [a.wo for a in attentions], measure, calibration)
     state = model.state_dict()
