@@ -5,7 +5,7 @@ import importlib
 
 from shoal.cli.app import app, main
 
-for _family in ("training", "evaluating", "serving", "compressing"):
+for _family in ("training", "evaluating", "serving", "compressing", "registry"):
     importlib.import_module(f"shoal.cli.{_family}")
 
 __all__ = ["app", "main"]
