@@ -23,6 +23,7 @@ def small_overrides(root: Path) -> list[str]:
         "train.seq_len=64", "train.batch_tokens=1024", "train.micro_batch_size=8", "train.steps=8",
         "train.warmup_steps=2", "train.eval_every=4", "train.eval_batches=2", "train.checkpoint_every=4",
         "train.dtype=\"fp32\"", f'train.out_dir="{root / "runs"}"', "logging.progress=false", "logging.log_every=2",
+        "logging.mlflow=false",
     ]
 
 

@@ -123,6 +123,7 @@ class LoggingConfig:
     log_every: int = 10
     progress: bool = True
     plot: bool = True
+    mlflow: bool = True  # also log the run to MLflow (OUT_DIR/registry, or MLFLOW_TRACKING_URI) when it is installed
 
 
 @dataclass

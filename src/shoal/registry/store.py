@@ -53,13 +53,13 @@ def check_name(name: str) -> str:
 class Store:
     """One registry: the MLflow client, where artifacts go, and the lock that orders alias moves."""
 
-    def __init__(self, tracking_uri: str | None = None) -> None:
+    def __init__(self, tracking_uri: str | None = None, default_root: Path = DEFAULT_ROOT) -> None:
         mlflow, client_class = _mlflow()
         uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
-            f"sqlite:///{(DEFAULT_ROOT / 'mlflow.db').resolve()}"
+            f"sqlite:///{(default_root / 'mlflow.db').resolve()}"
         # A SQLite store keeps its artifacts and its lock beside the database file; a server stores artifacts its
         # own way, and the lock stays in runs/registry.
-        self.root = Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else DEFAULT_ROOT
+        self.root = Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else default_root
         self.root.mkdir(parents=True, exist_ok=True)
         self.uri = uri
         self.artifacts = (self.root / "artifacts").resolve().as_uri() if uri.startswith("sqlite:") else None

@@ -66,6 +66,21 @@ def live_view(console: Console, total_steps: int, start_step: int, log_every: in
         yield update
 
 
+def _log_to_mlflow(run_dir: Path, config: dict[str, Any], console: Console) -> None:
+    """The run in MLflow too, when MLflow is installed; a failure there is reported and does not fail training."""
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        return
+    from shoal.registry.tracking import log_training_run
+
+    try:
+        run_id = log_training_run(run_dir, config)
+        console.print(f"logged to MLflow (experiment shoal-training, run {run_id[:8]})")
+    except Exception as e:  # noqa: BLE001 -- the training itself succeeded and is saved
+        console.print(f"could not log the run to MLflow: {type(e).__name__}: {str(e).splitlines()[0]}")
+
+
 def run_training(cfg: Config, resume: str = "auto", console: Console | None = None) -> dict[str, Any]:
     """Train `cfg` in its run folder; returns the summary that is also written to summary.json.
 
@@ -182,6 +197,8 @@ def _run(cfg: Config, info: ProcessInfo, resume: str, console: Console) -> dict[
             if expert_load is not None:
                 summary["expert_plot"] = str(plot_expert_load(run_dir / "metrics.jsonl", run_dir / "experts.png"))
         atomic_write_json(run_dir / "summary.json", summary)
+        if cfg.logging.mlflow:
+            _log_to_mlflow(run_dir, trainer.cfg.to_dict(), console)
     if status == "interrupted":
         summary["signal"] = trainer.stop_signal
     return summary
