@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from shoal.bundle import load_model, save_bundle
+from shoal.compress.make import compress_model
 from shoal.errors import ShoalError
 from shoal.registry.lifecycle import PromotionRefused, holder, promote, rollback
 from shoal.registry.store import Store
@@ -54,6 +55,15 @@ def test_lineage_is_recorded_and_shown(versions, trained_run):
     assert set(shas) == {"bundle/model.safetensors", "bundle/tokenizer.json", "bundle/config.json",
                          "bundle/manifest.json", "bundle/dataset_card.md", "lineage.json"}
     assert str(versions.resolve("models:/tiny").version) == "3"  # the newest
+
+
+
+def test_a_compressed_version_names_its_registered_parent(versions, tmp_path):
+    compress_model(versions.root / "bf16", tmp_path / "int8", quantize="int8-wo")  # the bundle of tiny/2
+    registered = register(versions, tmp_path / "int8", "tiny-int8")
+    _, lineage = lineage_of(versions, f"tiny-int8/{registered.version}")
+    assert lineage["parent"] == "tiny/2"
+    assert [step["method"] for step in lineage["provenance"]["lineage"]["steps"]] == ["int8-wo"]
 
 
 def test_promote_gate_force_rollback_and_history(versions):
