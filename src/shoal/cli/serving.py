@@ -49,7 +49,8 @@ def generate(model: Annotated[Path, typer.Argument(help="Run folder or exported 
 
 
 @app.command()
-def serve(model: Annotated[Path, typer.Argument(help="Run folder or exported bundle.")],
+def serve(model: Annotated[str, typer.Argument(help="Run folder, bundle, or registry model: models:/NAME@ALIAS, "
+                                                    "models:/NAME/VERSION.")],
           host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
           port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
           api_key_file: Annotated[Path | None, typer.Option(
@@ -72,6 +73,11 @@ def serve(model: Annotated[Path, typer.Argument(help="Run folder or exported bun
               help="Reference documents for drift (repeatable; default: the run's own training data).")] = None,
           drift_window: Annotated[int, typer.Option(help="Prompts per judged drift window.")] = 100,
           drift_z: Annotated[float, typer.Option(help="Alarm when a drift check is this many null sds out.")] = 4.0,
+          follow_alias: Annotated[bool, typer.Option(help="models:/NAME@ALIAS: swap to the alias's new holder when "
+                                                          "it moves, without failing a request.")] = False,
+          follow_interval: Annotated[float, typer.Option(help="Seconds between looks at the alias.")] = 10.0,
+          tracking_uri: Annotated[str | None, typer.Option(help="Registry (MLflow tracking URI) of a models:/ "
+                                                                "reference.")] = None,
           ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API: /v1/completions, /v1/models, /v1/drift, /healthz, /metrics."""
     import ipaddress
@@ -95,61 +101,45 @@ def serve(model: Annotated[Path, typer.Argument(help="Run folder or exported bun
                          "port in 1..65535")
     if dtype not in ("auto", "fp32", "bf16"):
         raise ShoalError(f"--dtype must be auto, fp32 or bf16, got {dtype!r}")
-    from shoal.serve.decoders import DECODERS, pick_decoder
+    if follow_alias and not (model.startswith("models:/") and "@" in model):
+        raise ShoalError("--follow-alias follows a registry alias: serve models:/NAME@ALIAS")
+    if follow_interval <= 0:
+        raise ShoalError(f"--follow-interval must be > 0 seconds, got {follow_interval}")
+    from shoal.serve.decoders import DECODERS
 
     if decode not in DECODERS:
         raise ShoalError(f"--decode must be one of {', '.join(DECODERS)}, got {decode!r}")
     import uvicorn
 
-    from shoal.bundle import load_model
-    from shoal.hardware import pick_dtype
-    from shoal.serve.engine import Engine
-    from shoal.serve.scheduler import Scheduler
+    from shoal.serve.backend import Serving
+    from shoal.serve.launch import BackendOptions, build_backend, open_model
     from shoal.serve.server import ServerSettings, create_app
 
-    loaded = load_model(model, device)
-    weights = loaded.model.tok_embeddings.weight
-    network = loaded.model.to(pick_dtype(dtype, weights.device))
-    steps = (loaded.info.get("lineage") or {}).get("steps") or []
-    if any(step.get("method") == "prune-2:4" for step in steps) and not loaded.info.get("quantization"):
-        from shoal.compress.prune import accelerate_2_4
+    options = BackendOptions(dtype, decode, max_batch, max_queue, queue_timeout, max_prompt_tokens, drift,
+                             tuple(drift_reference or ()), drift_window, drift_z)
 
-        accelerate_2_4(network)  # sparse kernels on a GPU with sparse tensor cores, in half precision; else nothing
-    try:
-        pick_decoder(decode, network)
-    except ValueError as e:
-        raise ShoalError(str(e)) from None
-    engine = Engine(network, max_batch, decoder=decode)
-    monitor = _drift_monitor(loaded, network, drift_reference or [], max_prompt_tokens or engine.max_len,
-                             drift_window, drift_z) if drift else None
-    engine.score_prompts = monitor is not None
-    scheduler = Scheduler(engine, max_queue, queue_timeout,
-                          on_admit=(lambda s: monitor.observe(s.request.prompt, s.prompt_nats)) if monitor else None)
+    def warn(message: str) -> None:
+        typer.secho(message, err=True, fg="yellow")
+
+    def backend_of(reference: str):
+        return build_backend(*open_model(reference, device, tracking_uri), options, warn)
+
+    serving = Serving(backend_of(model))
+    follower = None
+    if follow_alias:
+        from shoal.registry.follow import AliasFollower
+        from shoal.registry.store import Store
+
+        follower = AliasFollower(Store(tracking_uri), model, serving, backend_of, follow_interval).start()
     settings = ServerSettings(keys, rate_limit or None, max_body_bytes, max_prompt_tokens or None, max_tokens,
                               request_timeout)
     try:
         # uvicorn finishes the requests in flight on Ctrl-C / SIGTERM before it returns.
-        uvicorn.run(create_app(scheduler, loaded.tokenizer, model.resolve().name, settings, monitor), host=host,
-                    port=port, log_level="info")
+        uvicorn.run(create_app(settings=settings, serving=serving), host=host, port=port, log_level="info")
     finally:
-        scheduler.close()
-        if monitor is not None:
-            monitor.close()
-
-
-def _drift_monitor(loaded, model, reference: list[str], max_prompt: int, window: int, z: float):
-    """The drift monitor, or None (with a warning) when a run's data is gone and no reference was named."""
-    from shoal.serve.drift import DriftMonitor
-    from shoal.serve.drift_profile import server_profile
-
-    try:
-        profile = server_profile(loaded, model, reference, max_prompt)
-    except ShoalError as e:
-        if reference:
-            raise
-        typer.secho(f"warning: drift monitoring is off: {e}", err=True, fg="yellow")
-        return None
-    return DriftMonitor(profile, window, z)
+        if follower is not None:
+            follower.close()
+        serving.close()
 
 
 @app.command()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -223,25 +224,34 @@ class DriftMonitor:
                 "alarm": bool(history and history[-1]["alarm"]), "current": current,
                 "current_prompts": len(prompts), "history": history}
 
-    def register(self, registry: CollectorRegistry) -> None:
-        """Gauges of the last judged window in a Prometheus registry."""
-        def reading(check: str, key: str):
-            def read() -> float:
-                latest = self.latest
-                item = latest["checks"].get(check) if latest else None
-                return float(item[key]) if item else float("nan")
-            return read
-
-        value = Gauge("shoal_drift_value", "Drift statistic of the last judged window", ["check"], registry=registry)
-        z = Gauge("shoal_drift_z", "Drift z-score of the last judged window against its null", ["check"],
-                  registry=registry)
-        for check in CHECKS:
-            value.labels(check).set_function(reading(check, "value"))
-            z.labels(check).set_function(reading(check, "z"))
-        Gauge("shoal_drift_alarm", "1 when the last judged window drifted", registry=registry).set_function(
-            lambda: float(bool(self.latest and self.latest["alarm"])))
-        Gauge("shoal_drift_windows", "Windows judged so far", registry=registry).set_function(
-            lambda: float(self._judged))
+    @property
+    def windows_judged(self) -> int:
+        return self._judged
 
     def close(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)
+
+
+def register_drift_gauges(registry: CollectorRegistry, monitor: Callable[[], DriftMonitor | None]) -> None:
+    """Gauges of the last window judged by `monitor()` (the serving backend's, which a swap changes)."""
+    def latest() -> dict[str, Any] | None:
+        current = monitor()
+        return current.latest if current is not None else None
+
+    def reading(check: str, key: str):
+        def read() -> float:
+            window = latest()
+            item = window["checks"].get(check) if window else None
+            return float(item[key]) if item else float("nan")
+        return read
+
+    value = Gauge("shoal_drift_value", "Drift statistic of the last judged window", ["check"], registry=registry)
+    z = Gauge("shoal_drift_z", "Drift z-score of the last judged window against its null", ["check"],
+              registry=registry)
+    for check in CHECKS:
+        value.labels(check).set_function(reading(check, "value"))
+        z.labels(check).set_function(reading(check, "z"))
+    Gauge("shoal_drift_alarm", "1 when the last judged window drifted", registry=registry).set_function(
+        lambda: float(bool((latest() or {}).get("alarm"))))
+    Gauge("shoal_drift_windows", "Windows judged so far", registry=registry).set_function(
+        lambda: float(monitor().windows_judged if monitor() is not None else 0))

@@ -14,7 +14,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tokenizers import Tokenizer
 
 from shoal.data.tokenizer import eot_id
+from shoal.serve.backend import Backend, Serving
 from shoal.serve.completion import Completion, Dispatcher
 from shoal.serve.drift import DriftMonitor
 from shoal.serve.engine import Request as EngineRequest
@@ -69,20 +70,19 @@ def error_response(status: int, message: str, kind: str = "invalid_request_error
                         headers=headers)
 
 
-def create_app(scheduler: Scheduler, tokenizer: Tokenizer, model_name: str,
-               settings: ServerSettings | None = None, drift: DriftMonitor | None = None) -> FastAPI:
-    """The app; with `drift`, GET /v1/drift reports it and /metrics carries its gauges (the scheduler's on_admit
-    must feed it prompts)."""
+def create_app(scheduler: Scheduler | None = None, tokenizer: Tokenizer | None = None, model_name: str = "",
+               settings: ServerSettings | None = None, drift: DriftMonitor | None = None,
+               serving: Serving | None = None) -> FastAPI:
+    """The app over `serving` (or over one backend made of scheduler, tokenizer, name and drift monitor); with a
+    drift monitor, GET /v1/drift reports it and /metrics carries its gauges (the scheduler's on_admit must feed it
+    prompts)."""
     settings = settings or ServerSettings()
+    serving = serving or Serving(Backend(scheduler, tokenizer, model_name, model_name, drift))
     app = FastAPI(title="shoal", version="1")
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    metrics = ServerMetrics(scheduler)
-    if drift is not None:
-        drift.register(metrics.registry)
+    metrics = ServerMetrics(serving)
     limiter = RateLimiter(settings.rate_limit) if settings.rate_limit else None
-    eot = eot_id(tokenizer)
     created = int(time.time())
-    max_prompt = settings.max_prompt_tokens or scheduler.engine.max_len
     dispatcher: Dispatcher | None = None  # made on the first request, in the server's event loop
 
     @app.exception_handler(RequestValidationError)
@@ -121,7 +121,9 @@ def create_app(scheduler: Scheduler, tokenizer: Tokenizer, model_name: str,
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "model": model_name, "running": scheduler.batch_size, "waiting": scheduler.queue_depth}
+        now = serving.current
+        return {"status": "ok", "model": now.name, "version": now.version, "running": now.scheduler.batch_size,
+                "waiting": now.scheduler.queue_depth}
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -131,17 +133,19 @@ def create_app(scheduler: Scheduler, tokenizer: Tokenizer, model_name: str,
     async def models(request: Request) -> JSONResponse:
         refused = gatekeeper(request)
         return refused or JSONResponse({"object": "list", "data": [
-            {"id": model_name, "object": "model", "created": created, "owned_by": "shoal"}]})
+            {"id": serving.current.name, "object": "model", "created": created, "owned_by": "shoal",
+             "version": serving.current.version}]})
 
     @app.get("/v1/drift", response_model=None)
     async def drift_report(request: Request) -> JSONResponse:
         refused = gatekeeper(request)
         if refused:
             return refused
-        if drift is None:
+        monitor = serving.current.monitor
+        if monitor is None:
             return refuse(404, "drift monitoring is off on this server (start it without --no-drift, with "
                           "--drift-reference when the run's data is not here)", "not_found_error")
-        return JSONResponse(await asyncio.to_thread(drift.report))
+        return JSONResponse(await asyncio.to_thread(monitor.report))
 
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
@@ -149,17 +153,30 @@ def create_app(scheduler: Scheduler, tokenizer: Tokenizer, model_name: str,
         refused = gatekeeper(request)
         if refused:
             return refused
-        if body.model not in (None, model_name):
-            return refuse(404, f"model {body.model!r} is not served here; this server serves {model_name!r}",
+        backend = serving.acquire()  # this request's model, to its last token, whatever swaps meanwhile
+        streaming = False
+        try:
+            response = await respond(backend, body, arrived)
+            streaming = isinstance(response, StreamingResponse)  # its stream releases the backend when it ends
+            return response
+        finally:
+            if not streaming:
+                serving.release(backend)
+
+    async def respond(backend: Backend, body: CompletionRequest, arrived: float) -> JSONResponse | StreamingResponse:
+        scheduler, tokenizer = backend.scheduler, backend.tokenizer
+        if body.model not in (None, backend.name):
+            return refuse(404, f"model {body.model!r} is not served here; this server serves {backend.name!r}",
                           "not_found_error")
         if body.max_tokens > settings.max_tokens:
             return refuse(400, f"max_tokens is {body.max_tokens}; this server allows at most {settings.max_tokens}")
         prompt = tokenizer.encode(body.prompt, add_special_tokens=False).ids
+        max_prompt = settings.max_prompt_tokens or scheduler.engine.max_len
         if len(prompt) > max_prompt:
             return refuse(400, f"the prompt has {len(prompt)} tokens; this server allows at most {max_prompt}")
         stops = [s for s in ([body.stop] if isinstance(body.stop, str) else body.stop or []) if s]
         engine_request = EngineRequest(prompt, body.max_tokens, body.temperature, body.top_k, body.top_p, body.seed,
-                                       eot)
+                                       eot_id(tokenizer))
         nonlocal dispatcher
         loop = asyncio.get_running_loop()
         if dispatcher is None or dispatcher.loop is not loop:
@@ -177,10 +194,11 @@ def create_app(scheduler: Scheduler, tokenizer: Tokenizer, model_name: str,
         completion = Completion(tokenizer, prompt, stops, lambda: scheduler.cancel(ticket), arrived,
                                 arrived + settings.request_timeout, body.stream)
         meta = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-                "model": model_name}
+                "model": backend.name, "model_version": backend.version}
         if body.stream:
             metrics.requests.labels("200").inc()
-            return StreamingResponse(_sse(completion, events, meta, metrics), media_type="text/event-stream")
+            return StreamingResponse(_sse(completion, events, meta, metrics, lambda: serving.release(backend)),
+                                     media_type="text/event-stream")
         try:
             async for _ in completion.run(events):
                 pass
@@ -236,23 +254,26 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
-async def _sse(completion: Completion, events: asyncio.Queue, meta: dict[str, Any],
-               metrics: ServerMetrics) -> AsyncIterator[str]:
+async def _sse(completion: Completion, events: asyncio.Queue, meta: dict[str, Any], metrics: ServerMetrics,
+               done: Callable[[], None]) -> AsyncIterator[str]:
     def chunk(text: str, finish: str | None) -> str:
         payload = {**meta, "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]}
         return f"data: {json.dumps(payload)}\n\n"
 
     try:
-        async for piece in completion.run(events):
-            yield chunk(piece, None)
-    except asyncio.CancelledError:  # the client went away: stop generating for it
-        completion.cancel()
-        raise
-    completion.record(metrics)
-    if completion.timed_out:
-        yield f"data: {json.dumps({'error': {'message': 'the request timed out', 'type': 'timeout'}})}\n\n"
-    elif isinstance(completion.outcome, Exception):
-        yield f"data: {json.dumps({'error': {'message': str(completion.outcome), 'type': 'server_error'}})}\n\n"
-    else:
-        yield chunk("", completion.finish_reason)
-    yield "data: [DONE]\n\n"
+        try:
+            async for piece in completion.run(events):
+                yield chunk(piece, None)
+        except asyncio.CancelledError:  # the client went away: stop generating for it
+            completion.cancel()
+            raise
+        completion.record(metrics)
+        if completion.timed_out:
+            yield f"data: {json.dumps({'error': {'message': 'the request timed out', 'type': 'timeout'}})}\n\n"
+        elif isinstance(completion.outcome, Exception):
+            yield f"data: {json.dumps({'error': {'message': str(completion.outcome), 'type': 'server_error'}})}\n\n"
+        else:
+            yield chunk("", completion.finish_reason)
+        yield "data: [DONE]\n\n"
+    finally:
+        done()
