@@ -87,8 +87,11 @@ def test_promote_gate_force_rollback_and_history(versions):
     assert all(e["who"] and e["when"] for e in versions.history("tiny"))
 
 
-def test_the_cli_refuses_a_regression_with_exit_1(versions):
+def test_the_cli_refuses_a_regression_with_exit_1(versions, tmp_path):
     uri = ["--tracking-uri", versions.uri]
+    fetched = shoal("registry", "fetch", "tiny/1", "--out", str(tmp_path / "v1"), *uri)
+    assert fetched.returncode == 0, fetched.stderr
+    assert load_model(tmp_path / "v1").model.num_params() > 0
     result = shoal("registry", "promote", "tiny", "3", *uri)
     assert_one_line_error(result, "regression")
     assert result.returncode == 1

@@ -66,6 +66,25 @@ def show(reference: Annotated[str, typer.Argument(help="NAME, NAME/VERSION or NA
 
 
 @registry_app.command()
+def fetch(reference: Annotated[str, typer.Argument(help="NAME, NAME/VERSION or NAME@ALIAS.")],
+          out: Annotated[Path, typer.Option(help="Folder for the bundle (must not exist yet).")],
+          tracking_uri: TrackingOption = None) -> None:
+    """Download a version's bundle, every file checked, e.g. for shoal compare or shoal eval."""
+    import shutil
+    import tempfile
+
+    from shoal.io import check_can_create_dir
+    from shoal.registry.versions import fetch as fetch_version
+
+    check_can_create_dir(out)
+    with tempfile.TemporaryDirectory(prefix="shoal-fetch-") as scratch:
+        version, bundle = fetch_version(_store(tracking_uri), reference, Path(scratch))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(bundle), out)
+    typer.echo(f"{version.name}/{version.version} -> {out}")
+
+
+@registry_app.command()
 def promote(name: Annotated[str, typer.Argument(help="Registered model name.")],
             version: Annotated[int, typer.Argument(help="The version to promote.")],
             alias: AliasOption = "champion",
