@@ -15,6 +15,7 @@ import torch
 from shoal.bundle import load_model, save_bundle
 from shoal.compress.make import compress_model
 from shoal.errors import ShoalError
+from shoal.io import sha256_file
 from shoal.registry.lifecycle import PromotionRefused, holder, promote, rollback
 from shoal.registry.store import Store
 from shoal.registry.versions import fetch, lineage_of, register
@@ -67,6 +68,8 @@ def test_a_compressed_version_names_its_registered_parent(versions, tmp_path):
 
 
 def test_promote_gate_force_rollback_and_history(versions):
+    with pytest.raises(ShoalError, match="alias 'latest'"):
+        promote(versions, "tiny", 1, alias="latest")
     promote(versions, "tiny", 1)  # no holder yet: no gate
     event = promote(versions, "tiny", 2)
     assert event["gate"]["verdict"] == "pass" and holder(versions, "tiny", "champion") == "2"
@@ -110,6 +113,12 @@ def test_a_modified_artifact_is_refused_at_load(versions, tmp_path):
     stored.write_text(stored.read_text().replace('"d_model"', '"d_model" ', 1))
     with pytest.raises(ShoalError, match="bundle/config.json was modified after registration"):
         fetch(versions, "tiny/2", tmp_path / "tampered")
+    # Rewriting the recorded checksums to match does not help: their digest is an immutable run parameter.
+    shas = json.loads(versions.resolve("tiny/2").tags["shoal.sha256"])
+    shas["bundle/config.json"] = sha256_file(stored)
+    versions.client.set_model_version_tag("tiny", "2", "shoal.sha256", json.dumps(shas, sort_keys=True))
+    with pytest.raises(ShoalError, match="checksums were changed after registration"):
+        fetch(versions, "tiny/2", tmp_path / "retagged")
 
 
 WORKER = textwrap.dedent("""

@@ -39,6 +39,12 @@ def main() -> None:
     except ShoalError as e:
         typer.secho(f"error: {e}", err=True, fg="red")
         sys.exit(1)
+    except Exception as e:
+        if not type(e).__module__.startswith("mlflow"):
+            raise
+        # The registry's server or store refused something (an unreachable server, a name it does not allow).
+        typer.secho(f"error: MLflow: {str(e).splitlines()[0] if str(e) else type(e).__name__}", err=True, fg="red")
+        sys.exit(1)
     except KeyboardInterrupt:
         typer.secho("interrupted", err=True)
         sys.exit(130)

@@ -43,7 +43,7 @@ def register(bundle: Annotated[Path, typer.Argument(help="Bundle (or run folder,
 def list_models(tracking_uri: TrackingOption = None) -> None:
     """Registered models: versions and aliases."""
     store = _store(tracking_uri)
-    models = store.client.search_registered_models()
+    models = store.client.search_registered_models(max_results=1000)
     if not models:
         typer.echo(f"no registered models in {store.uri}")
     for model in sorted(models, key=lambda m: m.name):

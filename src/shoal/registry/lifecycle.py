@@ -11,6 +11,7 @@ rollbacks walk back through the champions in order.
 from __future__ import annotations
 
 import getpass
+import re
 import shutil
 import socket
 from datetime import datetime, timezone
@@ -19,6 +20,8 @@ from typing import Any
 from shoal.errors import ShoalError
 from shoal.registry.store import Store
 from shoal.registry.versions import documents_sha256, evaluation_set, lineage_of
+
+ALIAS = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 
 
 class PromotionRefused(ShoalError):
@@ -38,6 +41,27 @@ def _event(action: str, alias: str, old: str | None, new: str | None, **extra: A
             "when": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra}
 
 
+def _move(store: Store, name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Point the event's alias at its `to` and record it (under the lock); if the record cannot be written, the alias
+    goes back where it was, so the alias and its history never disagree."""
+    store.client.set_registered_model_alias(name, event["alias"], event["to"])
+    try:
+        return store.record(name, event)
+    except BaseException:
+        if event["from"] is None:
+            store.client.delete_registered_model_alias(name, event["alias"])
+        else:
+            store.client.set_registered_model_alias(name, event["alias"], event["from"])
+        raise
+
+
+def check_alias(alias: str) -> None:
+    """MLflow's rules for aliases, checked before any work: letters, digits, '_' and '-'; not 'latest', not 'v'
+    followed by digits (those read as versions)."""
+    if not ALIAS.match(alias or "") or alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
+        raise ShoalError(f"alias {alias!r}: use letters, digits, '_' or '-' (not 'latest' or v<number>)")
+
+
 def holder(store: Store, name: str, alias: str) -> str | None:
     aliases = store.model(name).aliases or {}
     return str(aliases[alias]) if alias in aliases else None
@@ -48,6 +72,7 @@ def promote(store: Store, name: str, version: int, alias: str = "champion", forc
     """Point `alias` at `version` if it passes the gate against the current holder; returns the history event."""
     if force and not reason.strip():
         raise ShoalError("--force needs --reason \"...\": the history records why the gate was overridden")
+    check_alias(alias)
     store.version(name, version)
     with store.lock():
         current = holder(store, name, alias)
@@ -62,9 +87,8 @@ def promote(store: Store, name: str, version: int, alias: str = "champion", forc
             raise PromotionRefused(f"{name}/{version} is a regression against {name}/{current} on its evaluation "
                                    f"set ({gate['summary']}); nothing moved. Use --force --reason \"...\" to "
                                    "override")
-        store.client.set_registered_model_alias(name, alias, str(version))
         extra = {"gate": gate, "forced": force and gate is not None and gate["verdict"] in ("regression", "not run")}
-        return store.record(name, _event("promote", alias, current, str(version), reason=reason, **extra))
+        return _move(store, name, _event("promote", alias, current, str(version), reason=reason, **extra))
 
 
 def gate_against(store: Store, name: str, candidate: str, baseline: str) -> dict[str, Any]:
@@ -103,6 +127,7 @@ def gate_against(store: Store, name: str, candidate: str, baseline: str) -> dict
 
 def rollback(store: Store, name: str, alias: str = "champion") -> dict[str, Any]:
     """Move `alias` back to the holder before its newest promotion not yet undone; returns the history event."""
+    check_alias(alias)
     with store.lock():
         events = [e for e in store.history(name) if e["alias"] == alias]
         undone = {e["undoes"] for e in events if e["action"] == "rollback"}
@@ -116,5 +141,4 @@ def rollback(store: Store, name: str, alias: str = "champion") -> dict[str, Any]
                              "it was moved outside shoal; promote the version you want instead")
         if last["from"] is None:
             raise ShoalError(f"{name}@{alias} had no holder before version {last['to']}; nothing to roll back to")
-        store.client.set_registered_model_alias(name, alias, last["from"])
-        return store.record(name, _event("rollback", alias, current, last["from"], undoes=last["sequence"]))
+        return _move(store, name, _event("rollback", alias, current, last["from"], undoes=last["sequence"]))

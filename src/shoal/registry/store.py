@@ -6,14 +6,15 @@ and lineage.json as artifacts, registered as a model version whose tags hold the
 loading checks before anything is read.
 
 Moving an alias and writing its history happen under a file lock, so two processes promoting or rolling back at once
-leave one consistent history. The lock is a file beside the SQLite store (or in runs/registry for a server): it
-serialises the processes of one machine, or of machines that share that folder.
+leave one consistent history. The lock is a file beside the SQLite store (for a server: one per URI in
+~/.cache/shoal): it serialises the processes of one machine, or of machines that share that folder.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -43,6 +44,12 @@ def _mlflow():
     return mlflow, MlflowClient
 
 
+def _cache_dir() -> Path:
+    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "shoal"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def check_name(name: str) -> str:
     if not NAME.match(name or ""):
         raise ShoalError(f"model name {name!r}: use letters, digits, '.', '_' or '-' (at most 100, not starting "
@@ -62,6 +69,9 @@ class Store:
         self.root = Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else default_root
         self.root.mkdir(parents=True, exist_ok=True)
         self.uri = uri
+        # A SQLite store's lock sits beside it; a server's is per URI in the user's cache, whatever the folder.
+        self.lock_path = self.root / "registry.lock" if uri.startswith("sqlite:///") else \
+            _cache_dir() / f"registry-{hashlib.sha256(uri.encode()).hexdigest()[:16]}.lock"
         self.artifacts = (self.root / "artifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
         self.client = client_class(tracking_uri=uri, registry_uri=uri)
         self.mlflow = mlflow
@@ -78,7 +88,7 @@ class Store:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Exclusive across processes: alias moves and their history entries are read and written under it."""
-        with open(self.root / "registry.lock", "a") as handle:
+        with open(self.lock_path, "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield

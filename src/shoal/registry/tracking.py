@@ -24,9 +24,9 @@ METRICS = ("loss", "val_loss", "lr", "grad_norm", "tokens_per_second", "mfu", "m
 def log_training_run(run_dir: Path, config: dict[str, Any], tracking_uri: str | None = None) -> str:
     """Log the run folder's config, new metrics and plots; returns the MLflow run id. The store defaults to the
     registry beside the run folder (OUT_DIR/registry)."""
+    store = Store(tracking_uri, default_root=run_dir.parent / "registry")  # a clear error without MLflow
     from mlflow.entities import Metric, Param
 
-    store = Store(tracking_uri, default_root=run_dir.parent / "registry")
     state_file = run_dir / ID_FILE
     state = json.loads(state_file.read_text()) if state_file.is_file() else {}
     if state.get("tracking_uri") != store.uri:

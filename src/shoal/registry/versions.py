@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -28,6 +29,12 @@ from shoal.registry.store import SHA_TAG, Store, check_name
 
 LINEAGE_FILE = "lineage.json"
 WEIGHTS_TAG = "shoal.weights_sha256"
+DIGEST_PARAM = "shoal.checksums_sha256"
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _digest(shas: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(shas, sort_keys=True).encode()).hexdigest()
 
 
 def register(store: Store, source: Path, name: str, data: list[str] | None = None,
@@ -47,6 +54,8 @@ def register(store: Store, source: Path, name: str, data: list[str] | None = Non
         run = store.client.create_run(store.experiment_id(), run_name=name, tags={"shoal.model": name})
         run_id = run.info.run_id
         try:
+            # Tags can be edited later, params cannot: the checksums' own digest, as a param, anchors them.
+            store.client.log_param(run_id, DIGEST_PARAM, _digest(shas))
             store.client.log_artifacts(run_id, str(source), "bundle")
             store.client.log_artifact(run_id, str(lineage_path))
             for key, value in _params(lineage).items():
@@ -115,6 +124,8 @@ def code_version() -> dict[str, Any]:
 
 
 def _find_parent(store: Store, weights_sha256: str) -> str | None:
+    if not SHA256.match(str(weights_sha256)):
+        return None  # not a checksum: nothing to look up (and nothing to put in a filter string)
     found = store.client.search_model_versions(f"tags.`{WEIGHTS_TAG}` = '{weights_sha256}'")
     return f"{found[0].name}/{found[0].version}" if found else None
 
@@ -129,23 +140,32 @@ def _params(lineage: dict[str, Any]) -> dict[str, Any]:
 
 def fetch(store: Store, reference: str, into: Path | None = None) -> tuple[Any, Path]:
     """(model version, bundle folder) of `reference`, downloaded and checked file by file against the sha256 recorded
-    at registration: a modified, missing or extra artifact is refused before anything is loaded."""
+    at registration: a modified, missing or extra artifact is refused before anything is loaded. The checksums are a
+    tag of the version, and their own digest a parameter of its run, which MLflow does not let anyone change."""
     version = store.resolve(reference)
+    label = f"{version.name}/{version.version}"
     expected = json.loads(version.tags.get(SHA_TAG) or "{}")
     if not expected:
-        raise ShoalError(f"{version.name}/{version.version} was not registered by shoal (no checksums)")
+        raise ShoalError(f"{label} was not registered by shoal (no checksums)")
+    if store.client.get_run(version.run_id).data.params.get(DIGEST_PARAM) != _digest(expected):
+        raise ShoalError(f"{label}: its recorded checksums were changed after registration; refusing to load it")
+    created = into is None
     into = into or Path(tempfile.mkdtemp(prefix=f"shoal-{version.name}-{version.version}-"))
-    store.mlflow.artifacts.download_artifacts(run_id=version.run_id, dst_path=str(into),
-                                              tracking_uri=store.uri)
-    found = {str(p.relative_to(into)): p for p in into.rglob("*") if p.is_file()}
-    for rel in sorted(set(expected) | set(found)):
-        if rel not in found:
-            raise ShoalError(f"{version.name}/{version.version}: artifact {rel} is missing from the registry")
-        if rel not in expected:
-            raise ShoalError(f"{version.name}/{version.version}: artifact {rel} was not registered; refusing to load")
-        if sha256_file(found[rel]) != expected[rel]:
-            raise ShoalError(f"{version.name}/{version.version}: artifact {rel} was modified after registration "
-                             "(sha256 differs); refusing to load it")
+    try:
+        store.mlflow.artifacts.download_artifacts(run_id=version.run_id, dst_path=str(into), tracking_uri=store.uri)
+        found = {str(p.relative_to(into)): p for p in into.rglob("*") if p.is_file()}
+        for rel in sorted(set(expected) | set(found)):
+            if rel not in found:
+                raise ShoalError(f"{label}: artifact {rel} is missing from the registry")
+            if rel not in expected:
+                raise ShoalError(f"{label}: artifact {rel} was not registered; refusing to load")
+            if sha256_file(found[rel]) != expected[rel]:
+                raise ShoalError(f"{label}: artifact {rel} was modified after registration (sha256 differs); "
+                                 "refusing to load it")
+    except BaseException:
+        if created:
+            shutil.rmtree(into, ignore_errors=True)
+        raise
     return version, into / "bundle"
 
 

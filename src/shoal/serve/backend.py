@@ -62,9 +62,12 @@ class Serving:
         with self._lock:
             old, self.current = self.current, new
             self.swaps += 1
-        for listener in self.on_swap:
-            listener(old, new)
         threading.Thread(target=self._retire, args=(old,), name="shoal-retire", daemon=True).start()
+        for listener in self.on_swap:
+            try:
+                listener(old, new)
+            except Exception:  # a metric that failed to update must not undo a swap that happened
+                log.exception("a swap listener failed")
         log.warning("now serving %s (was %s)", new.version, old.version)
         return old
 

@@ -254,4 +254,4 @@ def register_drift_gauges(registry: CollectorRegistry, monitor: Callable[[], Dri
     Gauge("shoal_drift_alarm", "1 when the last judged window drifted", registry=registry).set_function(
         lambda: float(bool((latest() or {}).get("alarm"))))
     Gauge("shoal_drift_windows", "Windows judged so far", registry=registry).set_function(
-        lambda: float(monitor().windows_judged if monitor() is not None else 0))
+        lambda: float(getattr(monitor(), "windows_judged", 0)))

@@ -37,8 +37,7 @@ class ServerMetrics:
         Gauge("shoal_model_swaps", "Times the served model was swapped", registry=self.registry).set_function(
             lambda: serving.swaps)
         serving.on_swap.append(self._swapped)
-        if serving.current.monitor is not None:
-            register_drift_gauges(self.registry, lambda: serving.current.monitor)
+        register_drift_gauges(self.registry, lambda: serving.current.monitor)
 
     def _swapped(self, old: Backend, new: Backend) -> None:
         self.version.remove(old.name, old.version)

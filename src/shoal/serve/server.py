@@ -157,7 +157,7 @@ def create_app(scheduler: Scheduler | None = None, tokenizer: Tokenizer | None =
         streaming = False
         try:
             response = await respond(backend, body, arrived)
-            streaming = isinstance(response, StreamingResponse)  # its stream releases the backend when it ends
+            streaming = isinstance(response, ReleasingStream)  # it releases the backend when its stream ends
             return response
         finally:
             if not streaming:
@@ -197,8 +197,8 @@ def create_app(scheduler: Scheduler | None = None, tokenizer: Tokenizer | None =
                 "model": backend.name, "model_version": backend.version}
         if body.stream:
             metrics.requests.labels("200").inc()
-            return StreamingResponse(_sse(completion, events, meta, metrics, lambda: serving.release(backend)),
-                                     media_type="text/event-stream")
+            return ReleasingStream(_sse(completion, events, meta, metrics), completion,
+                                   lambda: serving.release(backend))
         try:
             async for _ in completion.run(events):
                 pass
@@ -254,26 +254,39 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
-async def _sse(completion: Completion, events: asyncio.Queue, meta: dict[str, Any], metrics: ServerMetrics,
-               done: Callable[[], None]) -> AsyncIterator[str]:
+class ReleasingStream(StreamingResponse):
+    """A server-sent-events response that, however it ends (finished, failed, or the client gone before its first
+    byte), stops generating for its request and releases the backend the request acquired."""
+
+    def __init__(self, content: AsyncIterator[str], completion: Completion, release: Callable[[], None]) -> None:
+        super().__init__(content, media_type="text/event-stream")
+        self.completion, self.release = completion, release
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.completion.cancel()  # a no-op once it has finished
+            self.release()
+
+
+async def _sse(completion: Completion, events: asyncio.Queue, meta: dict[str, Any],
+               metrics: ServerMetrics) -> AsyncIterator[str]:
     def chunk(text: str, finish: str | None) -> str:
         payload = {**meta, "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]}
         return f"data: {json.dumps(payload)}\n\n"
 
     try:
-        try:
-            async for piece in completion.run(events):
-                yield chunk(piece, None)
-        except asyncio.CancelledError:  # the client went away: stop generating for it
-            completion.cancel()
-            raise
-        completion.record(metrics)
-        if completion.timed_out:
-            yield f"data: {json.dumps({'error': {'message': 'the request timed out', 'type': 'timeout'}})}\n\n"
-        elif isinstance(completion.outcome, Exception):
-            yield f"data: {json.dumps({'error': {'message': str(completion.outcome), 'type': 'server_error'}})}\n\n"
-        else:
-            yield chunk("", completion.finish_reason)
-        yield "data: [DONE]\n\n"
-    finally:
-        done()
+        async for piece in completion.run(events):
+            yield chunk(piece, None)
+    except asyncio.CancelledError:  # the client went away: stop generating for it
+        completion.cancel()
+        raise
+    completion.record(metrics)
+    if completion.timed_out:
+        yield f"data: {json.dumps({'error': {'message': 'the request timed out', 'type': 'timeout'}})}\n\n"
+    elif isinstance(completion.outcome, Exception):
+        yield f"data: {json.dumps({'error': {'message': str(completion.outcome), 'type': 'server_error'}})}\n\n"
+    else:
+        yield chunk("", completion.finish_reason)
+    yield "data: [DONE]\n\n"
