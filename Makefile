@@ -32,6 +32,7 @@ bench: setup
 	$(PY) bench/eval.py
 	$(PY) bench/serve.py
 	$(PY) bench/compress.py
+	$(PY) bench/registry.py
 
 lint: setup
 	$(VENV)/bin/ruff check src tests bench
