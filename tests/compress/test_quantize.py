@@ -73,7 +73,7 @@ def test_bad_requests_write_nothing(trained_run, tmp_path):
 
 def test_a_damaged_quantized_bundle_is_refused(trained_run, tmp_path):
     bundle = tmp_path / "int8"
-    assert shoal("compress", str(trained_run), "--quantize", "int8-wo", "--out", str(bundle)).returncode == 0
+    compress_model(trained_run, bundle, "int8-wo")
     weights = bundle / "model.safetensors"
     save_file(load_file(weights), weights)  # the torchao metadata gone; checksums made to match again
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -81,14 +81,15 @@ def test_a_damaged_quantized_bundle_is_refused(trained_run, tmp_path):
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     assert_one_line_error(shoal("generate", str(bundle), "def"), "metadata")
     mismatched = tmp_path / "mismatched"
-    assert shoal("compress", str(trained_run), "--quantize", "int8-wo", "--out", str(mismatched)).returncode == 0
+    compress_model(trained_run, mismatched, "int8-wo")
     config = json.loads((mismatched / "config.json").read_text())
     config["model"]["d_ff"] += 64  # a config that disagrees with the weights, checksums made to match
     (mismatched / "config.json").write_text(json.dumps(config))
     manifest = json.loads((mismatched / "manifest.json").read_text())
     manifest["files"] = describe_files(mismatched, list(manifest["files"]))
     (mismatched / "manifest.json").write_text(json.dumps(manifest))
-    assert_one_line_error(shoal("generate", str(mismatched), "def"), "do not match the model config")
+    with pytest.raises(ShoalError, match="do not match the model config"):
+        load_model(mismatched)
     config = json.loads((bundle / "config.json").read_text())
     config["quantization"]["method"] = "int2"
     (bundle / "config.json").write_text(json.dumps(config))
